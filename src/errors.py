@@ -1,0 +1,26 @@
+"""The one exception type for bad input, and the entry points' way of reporting it in one line."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(ValueError):
+    """Bad config, data or search space; the message names the bad value and what is allowed."""
+
+
+def exit_on_user_error(task: Callable[..., T]) -> Callable[..., T]:
+    """Turn a `UserError` from `task` into a one-line `error: ...` and exit status 2, no traceback."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper

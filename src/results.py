@@ -1,0 +1,185 @@
+"""Result files: every table and JSON is written to a temporary file and renamed into place,
+so a crash or Ctrl-C never leaves a half-written file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically: a temporary file beside it, then `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
+    return write_text(path, table.to_csv(index=False))
+
+
+# --- sweep tables: built from the study, so they hold every worker's trials and survive resume ---------
+
+TRIAL_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy",
+                 "train_loss", "epochs", "param_count", "seconds")
+
+
+def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None = None) -> pd.DataFrame:
+    """One row per trial: number, state, value(s), every param, its training metrics, times, folder, error."""
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        values = t.values if t.values is not None else [None] * len(metrics)
+        if len(metrics) == 1:
+            row["value"] = t.value if t.value is not None else (
+                t.intermediate_values[t.last_step] if t.last_step is not None else None)
+        else:
+            row.update({f"value_{m}": v for m, v in zip(metrics, values)})
+            row["pareto"] = t.number in (pareto or set())
+        row.update(t.params)
+        measured = t.user_attrs.get("metrics") or {}
+        row.update({m: measured.get(m) for m in TRIAL_METRICS})
+        row["datetime_start"] = t.datetime_start
+        row["datetime_complete"] = t.datetime_complete
+        row["run_dir"] = t.user_attrs.get("run_dir")
+        row["error"] = t.user_attrs.get("error")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def leaderboard(table: pd.DataFrame, metrics: list[str], maximize: bool, size: int) -> pd.DataFrame:
+    """The top `size` complete trials by the first objective (multi-objective: the Pareto front)."""
+    done = table[table["state"] == "COMPLETE"]
+    if "pareto" in done:
+        done = done[done["pareto"]]
+    key = "value" if len(metrics) == 1 else f"value_{metrics[0]}"
+    top = done.sort_values([key, "number"], ascending=[not maximize, True]).head(size)
+    drop = ["state", "datetime_start", "datetime_complete", "error", "pareto"]
+    top = top.drop(columns=[c for c in drop if c in top])
+    top.insert(0, "rank", range(1, len(top) + 1))
+    return top
+
+
+def params_summary(table: pd.DataFrame, params: list[str], value: str, bins: int = 5) -> pd.DataFrame:
+    """For each parameter, the objective of complete trials by value (categorical) or by quantile bin (numeric)."""
+    done = table[table["state"] == "COMPLETE"]
+    parts = []
+    for p in params:
+        if p not in done or done[p].isna().all():
+            continue
+        column = done[p]
+        numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+        if numeric and column.nunique() > bins:
+            column = pd.qcut(column, q=bins, duplicates="drop").astype(str)
+        grouped = done.groupby(column, sort=True)[value].agg(["count", "mean", "max"]).reset_index()
+        grouped.columns = ["value", "count", "mean", "max"]
+        grouped.insert(0, "param", p)
+        grouped["value"] = grouped["value"].astype(str)
+        parts.append(grouped)
+    if not parts:
+        return pd.DataFrame(columns=["param", "value", "count", "mean", "max"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def importance_table(study: Any) -> pd.DataFrame:
+    """Optuna's parameter importance (fANOVA) for the first objective; empty while it cannot be computed."""
+    import warnings
+
+    import optuna
+
+    target = None
+    if len(study.directions) > 1:  # the evaluator ranks what makes the target low: flip a maximized one
+        sign = -1 if study.directions[0].name == "MAXIMIZE" else 1
+        target = lambda t: sign * t.values[0]  # noqa: E731
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # few-trial warnings would repeat after every trial
+            scores = optuna.importance.get_param_importances(study, target=target)
+    except (ValueError, RuntimeError, ZeroDivisionError):  # too few complete trials, or no variation yet
+        scores = {}
+    return pd.DataFrame({"param": list(scores), "importance": list(scores.values())})
+
+
+def write_sweep_tables(folder: Path, study: Any, metrics: list[str], size: int, importance: bool) -> None:
+    """Rewrite trials.csv, leaderboard.csv, params_summary.csv (and importance.csv) from the study."""
+    trials = study.get_trials(deepcopy=False)
+    pareto = {t.number for t in study.best_trials} if len(metrics) > 1 else None
+    table = trials_table(trials, metrics, pareto)
+    if table.empty:
+        return
+    maximize = study.directions[0].name == "MAXIMIZE"
+    params = list(dict.fromkeys(p for t in trials for p in t.params))
+    value = "value" if len(metrics) == 1 else f"value_{metrics[0]}"
+    write_csv(folder / "trials.csv", table)
+    write_csv(folder / "leaderboard.csv", leaderboard(table, metrics, maximize, size))
+    write_csv(folder / "params_summary.csv", params_summary(table, params, value))
+    if importance:
+        write_csv(folder / "importance.csv", importance_table(study))
+
+
+def write_best(path: Path, best: Any, metrics: list[str], overrides: list[str], config: dict[str, Any],
+               test: dict[str, Any] | None) -> None:
+    """best.yaml: the best trial, the command that replays it, its test score and its full composed config."""
+    import yaml
+
+    doc = {
+        "trial": best.number,
+        **{m: v for m, v in zip(metrics, best.values)},
+        "params": dict(best.params),
+        "command": "python -m src.train " + " ".join(shell_quote(overrides)),
+        "test": test,
+        "run_dir": best.user_attrs.get("run_dir"),
+        "config": config,
+    }
+    write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def describe(dist: Any) -> str:
+    """A distribution as a reader writes it: `int in [8, 512], log`, `choice(relu, tanh)`."""
+    if hasattr(dist, "choices"):
+        return f"choice({', '.join(map(str, dist.choices))})"
+    kind = "int" if type(dist).__name__ == "IntDistribution" else "float"
+    step = f", step {dist.step}" if dist.step not in (None, 1) else ""
+    return f"{kind} in [{dist.low}, {dist.high}]" + (", log" if dist.log else "") + step
+
+
+def write_study_info(path: Path, name: str, storage: str, settings: Any, space: Any, budget: int) -> None:
+    """study.yaml: the question a sweep asks (search space, fixed overrides, sampler, pruner, budget)."""
+    import yaml
+
+    doc = {
+        "study_name": name, "storage": storage, "n_trials": budget,
+        "objectives": dict(zip(settings.objectives, settings.directions)),
+        "sampler": settings.sampler, "sampler_settings": settings.samplers.get(settings.sampler) or {},
+        "seed": settings.seed, "pruner": settings.pruner, "pruner_settings": settings.pruners.get(settings.pruner) or {},
+        "search_space": {k: describe(d) for k, d in space.distributions.items()},
+        "fixed": list(space.fixed),
+    }
+    write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def shell_quote(overrides: list[str]) -> list[str]:
+    """Overrides quoted for a POSIX shell where they need it (brackets, spaces, quotes)."""
+    import shlex
+
+    return [shlex.quote(o) for o in overrides]

@@ -1,0 +1,24 @@
+"""`python -m src.sweep -m [sweep=NAME] [overrides]`: an Optuna search over the training config.
+
+The search itself is the `keras_optuna` Hydra sweeper (hydra_plugins/, engine in src/sweeper.py);
+this is the task each trial runs: train one network, reporting each epoch so the pruner can stop it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Train the trial's network; return all its metrics (the sweeper picks the objectives)."""
+    from src import sweeper, training  # TensorFlow loads here, once per worker process
+
+    return training.run(cfg, HydraConfig.get().runtime.output_dir, on_epoch=sweeper.epoch_hook())
+
+
+if __name__ == "__main__":
+    main()

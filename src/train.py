@@ -1,0 +1,21 @@
+"""`python -m src.train [overrides]`: compose the config with Hydra and train one network."""
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from src.errors import exit_on_user_error
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float:
+    """Train the composed network; return its validation accuracy (what a sweep optimizes)."""
+    from src import training  # TensorFlow loads here, not for --help or --cfg
+
+    return training.run(cfg, HydraConfig.get().runtime.output_dir)["val_accuracy"]
+
+
+if __name__ == "__main__":
+    main()

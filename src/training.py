@@ -1,0 +1,87 @@
+"""One training run, as the lesson does it: seed, build, compile, fit, evaluate; then its result files.
+
+This is the only module that imports Keras's backend, so entry points import it inside their task.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
+
+import keras  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from src.data import check_classes, make_splits  # noqa: E402
+from src.errors import UserError  # noqa: E402
+from src.model import build_model, build_optimizer  # noqa: E402
+from src.results import write_csv, write_json  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Called after each epoch with (epoch number from 1, that epoch's logs); returns True to stop training.
+EpochHook = Callable[[int, dict[str, float]], bool]
+
+
+def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+    """Train the network `cfg` describes, write `history.csv` and `metrics.json` to `out_dir`, return the metrics."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    keras.utils.set_random_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, n_inputs=28 * 28, n_classes=len(check_classes(cfg.data.classes)))
+    model.compile(optimizer=build_optimizer(cfg.optimizer), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    data = make_splits(cfg.data.path, list(cfg.data.classes), cfg.data.n_train,
+                       cfg.data.validation_split, cfg.data.seed)
+
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if on_epoch is not None:
+        callbacks.append(_StopWhen(on_epoch))
+    fit = model.fit(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val),
+                    epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
+                    verbose=cfg.trainer.verbose, callbacks=callbacks)
+    history = pd.DataFrame(fit.history).astype("float64").round(6)  # float32: more digits are noise
+    history.insert(0, "epoch", range(1, len(history) + 1))
+    write_csv(out_dir / "history.csv", history)
+
+    last, best = history.iloc[-1], history.loc[history["val_accuracy"].idxmax()]
+    metrics: dict[str, Any] = {
+        "val_accuracy": float(last["val_accuracy"]), "val_loss": float(last["val_loss"]),
+        "best_val_accuracy": float(best["val_accuracy"]), "best_epoch": int(best["epoch"]),
+        "train_accuracy": float(last["accuracy"]), "train_loss": float(last["loss"]),
+        "test_accuracy": None, "test_loss": None,
+        "epochs": len(history), "param_count": model.count_params(), "seed": cfg.trainer.seed,
+        "n_train": len(data.x_train), "n_val": len(data.x_val),
+    }
+    if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["val_loss"]):
+        metrics["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(out_dir / "metrics.json", {**metrics, "error": "diverged"})
+        raise UserError(f"diverged: the loss became NaN in epoch {len(history)} "
+                        f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
+    if cfg.trainer.test:
+        test = model.evaluate(data.x_test, data.y_test, batch_size=cfg.trainer.batch_size,
+                              verbose=cfg.trainer.verbose, return_dict=True)
+        metrics["test_loss"], metrics["test_accuracy"] = round(float(test["loss"]), 6), round(float(test["accuracy"]), 6)
+        log.info(f"Test loss: {metrics['test_loss']:.3f} - test accuracy: {metrics['test_accuracy']:.1%} "
+                 f"({len(data.x_test)} test images)")
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(out_dir / "metrics.json", metrics)
+    log.info(f"val_accuracy {metrics['val_accuracy']:.4f} after {metrics['epochs']} epochs, "
+             f"{metrics['param_count']} parameters, {metrics['seconds']:.1f}s; results in {out_dir}")
+    return metrics
+
+
+class _StopWhen(keras.callbacks.Callback):
+    """Hands each epoch's logs to a hook (the sweeper's pruner) and stops training when it says so."""
+
+    def __init__(self, hook: EpochHook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if self.hook(epoch + 1, dict(logs or {})):
+            self.model.stop_training = True

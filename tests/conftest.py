@@ -1,0 +1,40 @@
+"""Shared fixtures: the real data (required: a missing folder fails, never skips) and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real Fashion-MNIST folder from FASHION_MNIST_DIR; the test fails when it is missing."""
+    folder = os.environ.get("FASHION_MNIST_DIR")
+    if not folder:
+        pytest.fail("FASHION_MNIST_DIR is not set: point it at the folder with the four Fashion-MNIST .gz files")
+    missing = [f for f in DATA_FILES if not (Path(folder) / f).is_file()]
+    if missing:
+        pytest.fail(f"FASHION_MNIST_DIR={folder} lacks {', '.join(missing)}")
+    return Path(folder)
+
+
+def run_cli(module: str, *overrides: str, expect: int = 0, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m src.<module> overrides...` from the repository root; assert its exit status."""
+    result = subprocess.run([sys.executable, "-m", f"src.{module}", *overrides], cwd=ROOT, text=True,
+                            capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+    assert result.returncode == expect, (
+        f"exit {result.returncode}, expected {expect}\nSTDOUT:\n{result.stdout[-4000:]}\nSTDERR:\n{result.stderr[-4000:]}")
+    return result
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The `error: ...` lines a run printed (stdout or stderr)."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]

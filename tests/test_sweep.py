@@ -1,0 +1,167 @@
+"""`python -m src.sweep -m` end to end on the real data: tables, resume, failures, pruning, seeds, Ctrl-C."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, error_lines, run_cli
+
+# A tiny search: few images, few epochs, nothing from a sweep definition but what the test passes.
+TINY = ["hydra.sweeper.params=null", "data.n_train=600", "trainer.epochs=2"]
+
+
+def sweep(folder, *overrides, expect=0):
+    return run_cli("sweep", "-m", f"hydra.sweep.dir={folder}", *overrides, expect=expect)
+
+
+def table(folder, name="trials"):
+    return pd.read_csv(folder / f"{name}.csv")
+
+
+def test_quick_sweep_writes_every_table(tmp_path, data_dir):
+    out = tmp_path / "quick"
+    result = sweep(out, "sweep=quick")
+    progress = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
+    assert len(progress) == 6 and all("/6 " in line and "best=" in line and "left" in line for line in progress)
+    assert "Epoch 1/" not in result.stdout  # no Keras bars inside sweeps
+
+    trials = table(out)
+    assert trials["number"].tolist() == list(range(6))
+    assert set(trials["state"]) <= {"COMPLETE", "PRUNED"} and (trials["state"] == "COMPLETE").sum() >= 2
+    for column in ("value", "model.units", "model.layers", "model.activation", "optimizer.lr", "val_accuracy",
+                   "val_loss", "train_accuracy", "train_loss", "epochs", "param_count", "seconds",
+                   "datetime_start", "datetime_complete", "run_dir", "error"):
+        assert column in trials, column
+    assert trials["model.layers"].isin([1, 2]).all() and trials["model.units"].between(8, 64).all()
+    assert all((out / "trials" / str(n) / "history.csv").is_file() for n in trials["number"])
+
+    board = table(out, "leaderboard")
+    done = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=False)
+    assert board["rank"].tolist() == list(range(1, len(done) + 1))
+    assert board["value"].tolist() == done["value"].tolist()
+
+    summary = table(out, "params_summary")
+    assert set(summary["param"]) == {"model.units", "model.layers", "model.activation", "optimizer.lr"}
+    assert summary.groupby("param")["count"].sum().eq(len(done)).all()
+    importance = table(out, "importance")
+    assert set(importance["param"]) == set(summary["param"]) and importance["importance"].sum() == pytest.approx(1)
+
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["trial"] == board["number"].iloc[0] and best["val_accuracy"] == board["value"].iloc[0]
+    assert best["config"]["model"]["units"] == best["params"]["model.units"]
+    assert 0.5 < best["test"]["test_accuracy"] <= 1 and best["test"]["trial"] == best["trial"]
+    assert "sweep=" not in best["command"]
+    info = yaml.safe_load((out / "study.yaml").read_text())
+    assert info["n_trials"] == 6 and info["search_space"]["model.units"] == "int in [8, 64], log"
+
+    # The replay command in best.yaml reproduces the best trial's validation accuracy in a fresh process.
+    replay = shlex.split(best["command"])[3:]
+    run_cli("train", *replay, f"hydra.run.dir={tmp_path / 'replay'}", "trainer.verbose=0")
+    assert json.loads((tmp_path / "replay" / "metrics.json").read_text())["val_accuracy"] == best["val_accuracy"]
+
+
+def test_resume_finishes_the_study(tmp_path, data_dir):
+    out = tmp_path / "resume"
+    args = [*TINY, "model.units=int(interval(8,32))"]
+    sweep(out, *args, "hydra.sweeper.n_trials=2")
+    assert len(table(out)) == 2
+    result = sweep(out, *args, "hydra.sweeper.n_trials=4")
+    assert table(out)["number"].tolist() == [0, 1, 2, 3]
+    assert sum(line.startswith("trial ") for line in result.stdout.splitlines()) == 2
+    result = sweep(out, *args, "hydra.sweeper.n_trials=4")  # complete: only rewrites the tables
+    assert len(table(out)) == 4 and not any(line.startswith("trial ") for line in result.stdout.splitlines())
+
+
+def test_same_seed_same_params(tmp_path, data_dir):
+    args = [*TINY, "trainer.epochs=1", "model.units=int(interval(8,64))", "optimizer.lr=tag(log,interval(1e-4,1e-1))",
+            "model.activation=relu,tanh,elu", "hydra.sweeper.n_trials=3"]
+    params = ["model.units", "optimizer.lr", "model.activation"]
+    a, b, c = (tmp_path / n for n in "abc")
+    sweep(a, *args)
+    sweep(b, *args)
+    sweep(c, *args, "hydra.sweeper.seed=7")
+    assert table(a)[params].equals(table(b)[params])
+    assert not table(a)[params].equals(table(c)[params])
+
+
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, data_dir):
+    out = tmp_path / "fail"
+    sweep(out, *TINY, "model.activation=relu,nope", "hydra.sweeper.sampler=grid")
+    trials = table(out).set_index("model.activation")
+    assert trials.loc["nope", "state"] == "FAIL" and "'nope' is not a Keras activation" in trials.loc["nope", "error"]
+    assert trials.loc["relu", "state"] == "COMPLETE"
+    assert yaml.safe_load((out / "best.yaml").read_text())["params"]["model.activation"] == "relu"
+
+
+def test_max_failures_stops_with_a_clear_message(tmp_path, data_dir):
+    out = tmp_path / "failing"
+    result = sweep(out, *TINY, "model.activation=nope", "model.units=int(interval(8,32))",
+                   "hydra.sweeper.max_failures=2", expect=2)
+    assert "stopped after 2 failed trials (hydra.sweeper.max_failures=2)" in error_lines(result)[0]
+    assert table(out)["state"].tolist() == ["FAIL", "FAIL"]
+
+
+def test_threshold_pruner_prunes_early(tmp_path, data_dir):
+    out = tmp_path / "prune"
+    sweep(out, *TINY, "trainer.epochs=4", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
+          "hydra.sweeper.pruner=threshold", "hydra.sweeper.pruners.threshold.lower=0.999")
+    trials = table(out)
+    assert trials["state"].tolist() == ["PRUNED", "PRUNED"]
+    assert trials["epochs"].tolist() == [1, 1]  # stopped at once, not after 4 epochs
+    assert len(pd.read_csv(trials["run_dir"][0] + "/history.csv")) == 1
+    assert not (out / "best.yaml").exists()
+
+
+def test_multi_objective_marks_the_pareto_front(tmp_path, data_dir):
+    out = tmp_path / "pareto"
+    sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(4,64))", "hydra.sweeper.n_trials=4",
+          "hydra.sweeper.objectives=[val_accuracy,param_count]", "hydra.sweeper.directions=[maximize,minimize]")
+    trials = table(out)
+    assert {"value_val_accuracy", "value_param_count", "pareto"} <= set(trials.columns)
+    assert (trials["value_param_count"] == trials["param_count"]).all() and trials["pareto"].any()
+    board = table(out, "leaderboard")
+    assert set(board["number"]) == set(trials.loc[trials["pareto"], "number"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.units=interval(64,8)", "model.units=interval(64.0,8.0) is empty"),
+    ("model.units=range(8,8)", "is empty: the end is excluded"),
+    ("optimizer.lr=tag(log,interval(0,1))", "a log scale needs low > 0"),
+    ("hydra.sweeper.sampler=annealing", "hydra.sweeper.sampler='annealing'; allowed: tpe, random, grid, cmaes, qmc"),
+    ("hydra.sweeper.pruner=early", "hydra.sweeper.pruner='early'; allowed: none, median"),
+    ("model.unitz=int(interval(8,16))", "model.unitz"),
+])
+def test_bad_search_space_fails_before_any_trial(tmp_path, override, message):
+    out = tmp_path / "bad"
+    result = sweep(out, *TINY, override, expect=2)
+    assert len(error_lines(result)) == 1 and message in error_lines(result)[0], result.stderr[-2000:]
+    assert not (out / "trials").exists()
+
+
+def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir):
+    out = tmp_path / "interrupt"
+    args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "trainer.epochs=30",
+            "data.n_train=3000", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not list(out.glob("trials/0/.hydra/config.yaml")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # inside the first trial's training
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    trials = table(out)
+    assert trials["state"].tolist() == ["FAIL"] and trials["error"][0] == "interrupted by Ctrl-C"
+    sweep(out, *args[5:])
+    trials = table(out)
+    assert trials["state"].tolist() == ["FAIL", "COMPLETE", "COMPLETE"]  # the interrupted one does not count

@@ -1,0 +1,97 @@
+"""`python -m src.train` end to end on the real data, through the CLI as a user runs it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import ROOT, error_lines, run_cli
+
+METRICS = {"val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy", "train_loss",
+           "test_accuracy", "test_loss", "epochs", "param_count", "seconds", "seed", "n_train", "n_val"}
+
+
+def train(tmp_path, *overrides, name="run", expect=0):
+    result = run_cli("train", f"hydra.run.dir={tmp_path / name}", *overrides, expect=expect)
+    return result, tmp_path / name
+
+
+def test_lesson_run_writes_metrics_and_history(tmp_path, data_dir):
+    result, out = train(tmp_path, "trainer.verbose=2")
+    assert "Epoch 3/3" in result.stdout and "val_accuracy" in result.stdout
+    assert "Test loss: " in result.stderr + result.stdout and "test accuracy: " in result.stderr + result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == METRICS
+    assert (metrics["epochs"], metrics["n_train"], metrics["n_val"]) == (3, 40, 10)
+    assert metrics["param_count"] == 784 * 10 + 10 + 10 * 10 + 10 + 10 * 3 + 3
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["val_accuracy"].iloc[-1] == metrics["val_accuracy"]
+    assert (out / ".hydra" / "config.yaml").is_file()
+
+
+def test_same_seed_same_metrics(tmp_path, data_dir):
+    runs = [json.loads((train(tmp_path, "trainer.verbose=0", "data.n_train=600", f"trainer.seed={seed}",
+                              name=f"{name}")[1] / "metrics.json").read_text())
+            for name, seed in (("a", 3), ("b", 3), ("c", 4))]
+    keys = ["val_accuracy", "val_loss", "train_loss", "test_loss", "test_accuracy"]
+    assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
+    assert [runs[0][k] for k in keys] != [runs[2][k] for k in keys]
+
+
+def test_all_images_of_three_classes_reach_090(tmp_path, data_dir):
+    _, out = train(tmp_path, "data.n_train=null", "trainer.verbose=0")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_val"] == 18000
+    assert metrics["val_accuracy"] > 0.90, metrics
+
+
+def test_issue_examples_run(tmp_path, data_dir):
+    _, out = train(tmp_path, "model.layers=3", "model.activation=tanh", "optimizer=sgd", "optimizer.lr=0.05",
+                   "trainer.verbose=0", name="tanh")
+    assert json.loads((out / "metrics.json").read_text())["param_count"] == 784 * 10 + 10 + 2 * 110 + 33
+    _, out = train(tmp_path, "data=fashion_mnist_10", "data.n_train=2000", "trainer.epochs=2",
+                   "trainer.verbose=0", name="ten")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_val"] == 2000 and metrics["param_count"] == 784 * 10 + 10 + 110 + 110
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, data_dir):
+    cases = {
+        "model.activation=relux": "model.activation='relux' is not a Keras activation; allowed:",
+        "data.classes=[0,12]": "12 is not a Fashion-MNIST class; allowed ids are 0-9",
+        "data.classes=[1,1]": "1 is listed more than once",
+        "data.n_train=20000": "data.n_train=20000: only 18000 training images",
+        "data.n_train=4": "data.n_train=4 with validation_split=0.2 is too small",
+        f"data.path={tmp_path / 'nowhere'}": "data folder not found",
+    }
+    for i, (override, message) in enumerate(cases.items()):
+        result, _ = train(tmp_path, override, name=f"bad{i}", expect=2)
+        lines = error_lines(result)
+        assert len(lines) == 1 and message in lines[0], (override, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+
+
+def test_wrong_override_is_named(tmp_path):
+    result, _ = train(tmp_path, "model.unitz=3", expect=1)
+    assert "model.unitz" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_diverging_loss_fails_clearly_and_keeps_history(tmp_path, data_dir):
+    result, out = train(tmp_path, "optimizer=sgd", "optimizer.lr=1e12", "trainer.verbose=0", expect=2)
+    assert "diverged: the loss became NaN" in error_lines(result)[0]
+    assert (out / "history.csv").is_file()
+    assert json.loads((out / "metrics.json").read_text())["error"] == "diverged"
+
+
+def test_cfg_and_help_do_not_import_tensorflow():
+    for flag, shown in (("--cfg", "activation: relu"), ("--help", "Powered by Hydra")):
+        args = [sys.executable, "-X", "importtime", "-m", "src.train", flag] + (["job"] if flag == "--cfg" else [])
+        result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0 and shown in result.stdout, result.stderr[-2000:]
+        imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+        assert "optuna" not in imported and not any(m.split(".")[0] in ("tensorflow", "keras") for m in imported)
