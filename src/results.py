@@ -91,6 +91,8 @@ def params_summary(table: pd.DataFrame, params: list[str], value: str, bins: int
         numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
         if numeric and column.nunique() > bins:
             column = pd.qcut(column, q=bins, duplicates="drop").astype(str)
+        elif numeric:
+            column = column.map(lambda v: f"{v:.4g}")
         grouped = done.groupby(column, sort=True)[value].agg(["count", "mean", "max"]).reset_index()
         grouped.columns = ["value", "count", "mean", "max"]
         grouped.insert(0, "param", p)

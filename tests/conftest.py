@@ -25,6 +25,13 @@ def data_dir() -> Path:
     return Path(folder)
 
 
+@pytest.fixture(scope="session")
+def quick_sweep(data_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One `python -m src.sweep -m sweep=quick` run, shared by the sweep and analysis tests."""
+    folder = tmp_path_factory.mktemp("sweeps") / "quick"
+    return folder, run_cli("sweep", "-m", "sweep=quick", f"hydra.sweep.dir={folder}")
+
+
 def run_cli(module: str, *overrides: str, expect: int = 0, env: dict[str, str] | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m src.<module> overrides...` from the repository root; assert its exit status."""

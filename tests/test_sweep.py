@@ -27,9 +27,8 @@ def table(folder, name="trials"):
     return pd.read_csv(folder / f"{name}.csv")
 
 
-def test_quick_sweep_writes_every_table(tmp_path, data_dir):
-    out = tmp_path / "quick"
-    result = sweep(out, "sweep=quick")
+def test_quick_sweep_writes_every_table(tmp_path, quick_sweep):
+    out, result = quick_sweep
     progress = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
     assert len(progress) == 6 and all("/6 " in line and "best=" in line and "left" in line for line in progress)
     assert "Epoch 1/" not in result.stdout  # no Keras bars inside sweeps

@@ -1,0 +1,129 @@
+"""`python -m src.analyze` on a real quick sweep's folder and on hand-written CSVs (malformed ones too)."""
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+
+from conftest import ROOT, error_lines
+from src.analyze import load_trials, main
+
+PLOTS = ("history", "parameters", "importance", "size", "curves")
+
+
+def analyze(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "src.analyze", *map(str, args)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+def test_load_trials_is_one_tidy_frame(quick_sweep, tmp_path):
+    folder, _ = quick_sweep
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    trials = load_trials([folder, copy / "trials.csv"])
+    assert len(trials) == 12 and trials.columns[0] == "sweep"
+    assert trials["sweep"].tolist() == ["quick"] * 6 + ["copy"] * 6
+
+
+def test_terminal_answers(quick_sweep):
+    folder, _ = quick_sweep
+    out = analyze(folder, "--top", 3).stdout
+    trials = pd.read_csv(folder / "trials.csv")
+    best = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=False).iloc[0]
+    assert "quick: top 3 trials" in out and "quick: trials by state" in out
+    assert "validation accuracy by parameter" in out and "test_accuracy" in out
+    board = out.split("quick: top 3 trials\n")[1].split("\n\n")[0].splitlines()
+    assert len(board) == 1 + min(3, (trials["state"] == "COMPLETE").sum())
+    assert board[1].split()[1] == str(best["number"])
+    for state, count in trials["state"].value_counts().items():
+        assert state in out
+    by = analyze(folder, "--by", "model.activation").stdout
+    assert "by model.activation" in by and "relu" in by
+
+
+def test_markdown_and_csv_formats(quick_sweep):
+    folder, _ = quick_sweep
+    md = analyze(folder, "--format", "markdown").stdout
+    assert "## quick: top 5 trials" in md and "|---|" in md
+    csv = analyze(folder, "--format", "csv").stdout
+    board = pd.read_csv(io.StringIO(csv.split("# quick: top 5 trials\n")[1].split("# ")[0]))
+    assert {"number", "value", "model.units"} <= set(board.columns)
+
+
+def test_several_sweeps_side_by_side(quick_sweep, tmp_path):
+    folder, _ = quick_sweep
+    other = shutil.copytree(folder, tmp_path / "other")
+    out = analyze(folder, other).stdout
+    assert "Best of each sweep" in out
+    table = out.split("Best of each sweep\n")[1].split("\n\n")[0].splitlines()
+    assert table[1].split()[0] == "quick" and table[2].split()[0] == "other"
+
+
+def test_report_plots_and_html(quick_sweep, tmp_path):
+    folder = shutil.copytree(quick_sweep[0], tmp_path / "report")
+    analyze(folder, "--report")
+    html = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    for name in PLOTS:
+        png = folder / f"{name}.png"
+        height, width = mpimg.imread(png).shape[:2]
+        assert width >= 500 and height >= 250, (name, width, height)
+        assert base64.b64encode(png.read_bytes()).decode() in html  # embedded, not linked
+        assert f"]({name}.png)" in md
+    assert html.count("data:image/png;base64,") == len(PLOTS)
+    for heading in ("The question", "The answer", "The evidence", "Failures"):
+        assert heading in html and heading in md
+    assert "python -m src.train" in html and "test accuracy" in md
+
+
+def write_csv(folder, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trials.csv").write_text(text)
+    return folder
+
+
+def test_hand_written_csv_without_study_files(tmp_path):
+    folder = write_csv(tmp_path / "hand", "number,state,value,model.units,model.activation,param_count,error\n"
+                       "0,COMPLETE,0.9,16,relu,12000,\n1,COMPLETE,0.95,64,tanh,50000,\n"
+                       "2,FAIL,,32,nope,,boom\n3,PRUNED,0.7,8,relu,6000,\n")
+    assert main([str(folder), "--report"]) == 0
+    assert (folder / "history.png").is_file() and (folder / "size.png").is_file()
+    assert not (folder / "importance.png").exists() and not (folder / "curves.png").exists()
+    assert "boom" in (folder / "report.md").read_text()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no trials.csv there"),
+    ("", "empty file"),
+    ('number,state,value\n0,COMPLETE,"0.9\n', "malformed CSV"),
+    ("a,b\n1,2\n", "not a sweep's trials.csv (missing column 'number')"),
+    ("number,state\n0,COMPLETE\n", "missing column 'value'"),
+])
+def test_bad_inputs(tmp_path, content, message):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    if content is not None:
+        (folder / "trials.csv").write_text(content)
+    result = analyze(folder, expect=2)
+    assert len(error_lines(result)) == 1 and message in error_lines(result)[0]
+
+
+def test_unknown_by_lists_the_parameters(tmp_path):
+    folder = write_csv(tmp_path / "hand", "number,state,value,model.units\n0,COMPLETE,0.9,16\n")
+    result = analyze(folder, "--by", "model.unitz", expect=2)
+    assert "--by model.unitz: no such column; parameters: model.units" in error_lines(result)[0]
+
+
+def test_needs_neither_tensorflow_nor_optuna(tmp_path):
+    folder = write_csv(tmp_path / "hand", "number,state,value,x\n0,COMPLETE,0.9,1\n1,COMPLETE,0.8,2\n")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "src.analyze", str(folder)], cwd=ROOT,
+                            capture_output=True, text=True)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert result.returncode == 0 and not imported & {"tensorflow", "keras", "optuna"}
