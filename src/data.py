@@ -121,9 +121,12 @@ def allocate(counts: np.ndarray, total: int, minimum: int = 0) -> np.ndarray:
     return out + minimum
 
 
-def make_splits(folder: str | None, classes: list[int], n_train: int | None,
+@functools.lru_cache(maxsize=4)
+def make_splits(folder: str | None, classes: tuple[int, ...], n_train: int | None,
                 validation_split: float, seed: int) -> Splits:
     """Stratified, seeded train/validation draw from the official train split; the test split as is.
+
+    Cached per process: the trials of a sweep share one set of prepared arrays.
 
     Keras's `validation_split` holds out the last rows unshuffled, which can miss a class, so the
     split is drawn here, per class, and every class gets at least one validation image.

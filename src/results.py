@@ -41,7 +41,7 @@ def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
 # --- sweep tables: built from the study, so they hold every worker's trials and survive resume ---------
 
 TRIAL_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy",
-                 "train_loss", "epochs", "param_count", "seconds")
+                 "train_loss", "epochs", "param_count", "seconds", "peak_rss_mb")
 
 
 def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None = None) -> pd.DataFrame:

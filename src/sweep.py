@@ -11,13 +11,25 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from src.backend import use_backend
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Train the trial's network; return all its metrics (the sweeper picks the objectives)."""
+    use_backend(cfg.trainer.backend)
     from src import sweeper, training  # TensorFlow loads here, once per worker process
 
     return training.run(cfg, HydraConfig.get().runtime.output_dir, on_epoch=sweeper.epoch_hook())
+
+
+def warm_up(cfg: DictConfig) -> None:
+    """Once per worker process, before its first trial: choose the backend, load Keras, read the data."""
+    use_backend(cfg.trainer.backend)
+    from src.data import make_splits
+
+    make_splits(cfg.data.path, tuple(cfg.data.classes), cfg.data.n_train, cfg.data.validation_split, cfg.data.seed)
+    from src import training  # noqa: F401
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import fcntl
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import socket
 import sys
@@ -23,6 +24,7 @@ import optuna
 from hydra.core.utils import JobReturn, configure_log, run_job
 from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
@@ -209,15 +211,27 @@ class Sweep:
         return [o for o in self.space.overrides(params) if not o.startswith("sweep=")]
 
     # --- the whole sweep -------------------------------------------------------------------------
-    def work(self, worker: int = 0) -> None:
-        """One worker's loop: ask, run, tell, rewrite the tables, print a progress line, until the budget is met."""
+    def work(self, worker: int = 0) -> bool:
+        """One worker process's loop: warm up, then ask, run, tell, rewrite the tables, print a progress line.
+
+        Returns True when the budget is met, False after `max_trials_per_worker` trials (a fresh process
+        takes over: TensorFlow keeps a little memory per model, so recycling keeps memory flat).
+        """
+        if self.settings.worker_init:
+            get_method(self.settings.worker_init)(self.task_config)
         study = self.open_study(worker)
-        while (trial := self.next_trial(study)) is not None:
+        for _ in range(self.settings.max_trials_per_worker):
+            trial = self.next_trial(study)
+            if trial is None:
+                with self._ask_lock():  # one replay, by a worker that has TensorFlow loaded already
+                    self.test_best(study)
+                return True
             try:
                 self.run_trial(study, trial)
             finally:
                 self.write_tables(study)
             self.print_progress(study, trial.number)
+        return False
 
     def print_progress(self, study: optuna.Study, number: int) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -243,11 +257,11 @@ class Sweep:
         results.write_sweep_tables(self.dir, study, self.metrics, self.settings.leaderboard_size, importance)
 
     def validate(self) -> None:
-        """Compose one trial's config before any trial runs, so a bad key fails at once."""
+        """Compose one trial's config before any trial runs, so a bad key fails at once; keep it for warm-up."""
         sample = {k: (d.choices[0] if isinstance(d, optuna.distributions.CategoricalDistribution) else d.low)
                   for k, d in self.space.distributions.items()}
         try:
-            self.hydra_context.config_loader.load_sweep_config(self.config, self.space.overrides(sample))
+            self.task_config = self.compose(sample, resolve=False)
         except HydraException as e:
             raise UserError(f"{str(e).splitlines()[0]}") from None
 
@@ -274,19 +288,22 @@ class Sweep:
     def finish(self) -> None:
         """After the workers: final tables with importance, the best trial's test score, best.yaml, a summary."""
         study = self.open_study()
-        test = self.test_best(study)
-        self.write_tables(study, importance=True)
+        self._fail_orphans(study, study.get_trials(deepcopy=False))  # trials of a worker that died
         best = best_trial(study)
+        test = study.user_attrs.get("best_test")
+        test = test if best is not None and test and test.get("trial") == best.number else None
+        self.write_tables(study, importance=True)
         if best is not None:
             results.write_best(self.dir / "best.yaml", best, self.metrics, self.replay(best.params),
                                self.compose(best.params), test)
         self.print_summary(study, best, test)
 
-    def compose(self, params: dict[str, Any]) -> dict[str, Any]:
+    def compose(self, params: dict[str, Any], resolve: bool = True) -> Any:
+        """The task's config for `params` (without the hydra node): a plain dict, or a DictConfig unresolved."""
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self.space.overrides(params))
         with open_dict(cfg):
             del cfg["hydra"]
-        return OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True) if resolve else cfg
 
     def print_summary(self, study: optuna.Study, best: optuna.trial.FrozenTrial | None,
                       test: dict[str, Any] | None) -> None:
@@ -318,10 +335,7 @@ def run(settings: Settings, hydra_context: HydraContext, task_function: TaskFunc
     print(f"sweep {sweep.study_name!r}: {sweep.budget} trials, sampler {settings.sampler}, pruner {settings.pruner}, "
           f"{settings.n_workers} worker(s); results in {sweep.dir}", flush=True)
     try:
-        if settings.n_workers <= 1:
-            sweep.work()
-        else:
-            _run_workers(sweep, settings.n_workers)
+        _run_workers(sweep, max(1, settings.n_workers))
     except KeyboardInterrupt:
         sweep.write_tables(sweep.open_study(), importance=True)
         print(f"interrupted: the running trial is marked FAIL; tables are in {sweep.dir}; "
@@ -334,42 +348,62 @@ def run(settings: Settings, hydra_context: HydraContext, task_function: TaskFunc
 
 
 def _run_workers(sweep: Sweep, n_workers: int) -> None:
-    """Fork `n_workers` worker processes (TensorFlow is not loaded yet, so forking is safe); each pins itself
-    to one core and one TensorFlow thread pool so workers do not fight over cores."""
+    """Keep `n_workers` worker processes busy until the budget is met, forking a fresh one when a worker
+    retires after `max_trials_per_worker` trials. Forking is safe: this process never loads TensorFlow."""
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    procs = [context.Process(target=_worker_main, args=(sweep, i, n_workers, errors), daemon=False)
-             for i in range(n_workers)]
-    for p in procs:
-        p.start()
+    running = {}
+    for slot in range(n_workers):
+        running[slot] = _start_worker(context, sweep, slot, n_workers, errors)
     try:
-        for p in procs:
-            p.join()
+        while running:
+            ready = multiprocessing.connection.wait([p.sentinel for p in running.values()])
+            for slot, proc in list(running.items()):
+                if proc.sentinel not in ready:
+                    continue
+                proc.join()
+                del running[slot]
+                if proc.exitcode == RETIRED:
+                    running[slot] = _start_worker(context, sweep, slot, n_workers, errors)
+                elif proc.exitcode == 2:
+                    for other in running.values():
+                        other.join()
+                    raise UserError(errors.get())
+                elif proc.exitcode == 130:
+                    raise KeyboardInterrupt
+                elif proc.exitcode != 0:
+                    raise UserError(f"a worker process died (exit status {proc.exitcode}); its running trial "
+                                    f"is marked FAIL, the tables are written; rerun to resume")
     except KeyboardInterrupt:
-        for p in procs:
-            p.join()
+        for proc in running.values():
+            proc.join()
         raise
-    failures = [errors.get() for p in procs if p.exitcode == 2]
-    if failures:
-        raise UserError(failures[0])
-    if any(p.exitcode == 130 for p in procs):
-        raise KeyboardInterrupt
 
 
-def _worker_main(sweep: Sweep, index: int, n_workers: int, errors: Any) -> None:
+RETIRED = 75  # a worker's exit status after max_trials_per_worker trials: start a fresh one
+
+
+def _start_worker(context: Any, sweep: Sweep, slot: int, n_workers: int, errors: Any) -> Any:
+    proc = context.Process(target=_worker_main, args=(sweep, slot, n_workers, errors))
+    proc.start()
+    return proc
+
+
+def _worker_main(sweep: Sweep, slot: int, n_workers: int, errors: Any) -> None:
+    """A worker process: with several workers, each pins itself to its own cores and thread pool."""
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) >= n_workers:
-        os.sched_setaffinity(0, cores[index::n_workers])
-    threads = str(max(1, len(cores) // n_workers))
-    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        os.environ[var] = threads
+    if n_workers > 1 and len(cores) >= n_workers:
+        os.sched_setaffinity(0, cores[slot::n_workers])
+        for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ[var] = str(max(1, len(cores) // n_workers))
     try:
-        sweep.work(index)
+        done = sweep.work(slot)
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError as e:
         errors.put(str(e))
         sys.exit(2)
+    sys.exit(0 if done else RETIRED)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:

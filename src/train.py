@@ -5,6 +5,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from src.backend import use_backend
 from src.errors import exit_on_user_error
 
 
@@ -12,6 +13,7 @@ from src.errors import exit_on_user_error
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     """Train the composed network; return its validation accuracy (what a sweep optimizes)."""
+    use_backend(cfg.trainer.backend)
     from src import training  # TensorFlow loads here, not for --help or --cfg
 
     return training.run(cfg, HydraConfig.get().runtime.output_dir)["val_accuracy"]

@@ -109,9 +109,9 @@ def test_allocate_is_proportional_and_exact():
 
 def test_splits_on_tiny_files_are_stratified_and_seeded(tmp_path):
     tiny_folder(tmp_path, n=60)
-    a = make_splits(str(tmp_path), [0, 1, 2], n_train=15, validation_split=0.2, seed=1)
-    b = make_splits(str(tmp_path), [0, 1, 2], n_train=15, validation_split=0.2, seed=1)
-    c = make_splits(str(tmp_path), [0, 1, 2], n_train=15, validation_split=0.2, seed=2)
+    a = make_splits(str(tmp_path), (0, 1, 2), n_train=15, validation_split=0.2, seed=1)
+    b = make_splits(str(tmp_path), (0, 1, 2), n_train=15, validation_split=0.2, seed=1)
+    c = make_splits(str(tmp_path), (0, 1, 2), n_train=15, validation_split=0.2, seed=2)
     assert np.array_equal(a.x_train, b.x_train) and not np.array_equal(a.x_train, c.x_train)
     assert len(a.x_train) == 12 and len(a.x_val) == 3
     assert a.y_val.sum(axis=0).tolist() == [1, 1, 1]  # every class in validation
@@ -122,22 +122,22 @@ def test_splits_on_tiny_files_are_stratified_and_seeded(tmp_path):
 def test_n_train_bounds(tmp_path):
     tiny_folder(tmp_path, n=60)
     with pytest.raises(UserError, match=r"data.n_train=19: only 18 training images in classes \[0, 1, 2\]"):
-        make_splits(str(tmp_path), [0, 1, 2], n_train=19, validation_split=0.2, seed=0)
+        make_splits(str(tmp_path), (0, 1, 2), n_train=19, validation_split=0.2, seed=0)
     with pytest.raises(UserError, match="data.n_train=5 .* too small"):
-        make_splits(str(tmp_path), [0, 1, 2], n_train=5, validation_split=0.2, seed=0)
+        make_splits(str(tmp_path), (0, 1, 2), n_train=5, validation_split=0.2, seed=0)
     with pytest.raises(UserError, match="validation_split=1.5"):
-        make_splits(str(tmp_path), [0, 1, 2], n_train=15, validation_split=1.5, seed=0)
+        make_splits(str(tmp_path), (0, 1, 2), n_train=15, validation_split=1.5, seed=0)
 
 
 def test_real_data_lesson_split(data_dir):
     images, labels = load_split(str(data_dir), "train")
     assert images.shape == (60000, 28, 28) and labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
     assert abs(images.mean() / 255 - 0.2860) < 1e-4
-    lesson = make_splits(str(data_dir), [0, 1, 2], n_train=50, validation_split=0.2, seed=0)
+    lesson = make_splits(str(data_dir), (0, 1, 2), n_train=50, validation_split=0.2, seed=0)
     assert (len(lesson.x_train), len(lesson.x_val), len(lesson.x_test)) == (40, 10, 3000)
     assert lesson.x_train.shape[1] == 784 and (lesson.y_val.sum(axis=0) >= 3).all()
-    full = make_splits(str(data_dir), [0, 1, 2], n_train=None, validation_split=0.2, seed=0)
+    full = make_splits(str(data_dir), (0, 1, 2), n_train=None, validation_split=0.2, seed=0)
     assert (len(full.x_train), len(full.x_val)) == (14400, 3600)
     assert full.y_val.sum(axis=0).tolist() == [1200, 1200, 1200]
-    ten = make_splits(str(data_dir), list(range(10)), n_train=None, validation_split=0.2, seed=0)
+    ten = make_splits(str(data_dir), tuple(range(10)), n_train=None, validation_split=0.2, seed=0)
     assert len(ten.x_train) + len(ten.x_val) == 60000 and len(ten.x_test) == 10000

@@ -10,7 +10,8 @@ import pandas as pd
 from conftest import ROOT, error_lines, run_cli
 
 METRICS = {"val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy", "train_loss",
-           "test_accuracy", "test_loss", "epochs", "param_count", "seconds", "seed", "n_train", "n_val"}
+           "test_accuracy", "test_loss", "epochs", "param_count", "seconds", "seed", "n_train", "n_val",
+           "peak_rss_mb"}
 
 
 def train(tmp_path, *overrides, name="run", expect=0):
@@ -68,6 +69,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, data_dir):
         "data.n_train=20000": "data.n_train=20000: only 18000 training images",
         "data.n_train=4": "data.n_train=4 with validation_split=0.2 is too small",
         f"data.path={tmp_path / 'nowhere'}": "data folder not found",
+        "trainer.steps_per_execution=0": "trainer.steps_per_execution=0: use epoch or an integer >= 1",
+        "trainer.backend=torch": "trainer.backend='torch'; allowed: tensorflow, jax",
     }
     for i, (override, message) in enumerate(cases.items()):
         result, _ = train(tmp_path, override, name=f"bad{i}", expect=2)
@@ -95,3 +98,9 @@ def test_cfg_and_help_do_not_import_tensorflow():
         assert result.returncode == 0 and shown in result.stdout, result.stderr[-2000:]
         imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line]
         assert "optuna" not in imported and not any(m.split(".")[0] in ("tensorflow", "keras") for m in imported)
+
+
+def test_jax_backend_trains_the_same_network(tmp_path, data_dir):
+    _, out = train(tmp_path, "trainer.backend=jax", "data.n_train=3000", "trainer.verbose=0", name="jax")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["param_count"] == 7993 and metrics["val_accuracy"] > 0.85 and metrics["test_accuracy"] > 0.85

@@ -23,6 +23,8 @@ class KerasOptunaSweeperConf:
     storage: Optional[str] = None         # Optuna RDB URL or journal:PATH; default sqlite:///<sweep dir>/study.db
     n_trials: int = 20                    # the study's total of finished trials (resume finishes it)
     n_workers: int = 1                    # worker processes on this machine sharing the study
+    max_trials_per_worker: int = 20       # then a fresh process takes over (keeps memory flat)
+    worker_init: Optional[str] = None     # function(task_config) each worker process runs once, first
     objectives: List[str] = field(default_factory=lambda: ["val_accuracy"])  # metrics the task returns
     directions: List[str] = field(default_factory=lambda: ["maximize"])      # one per objective
     sampler: str = "tpe"                  # tpe, random, grid, cmaes, qmc

@@ -1,0 +1,27 @@
+"""Choose Keras's backend (tensorflow, or jax as an extra) before Keras is first imported."""
+from __future__ import annotations
+
+import os
+import sys
+
+from src.errors import UserError
+
+BACKENDS = ("tensorflow", "jax")
+
+
+def use_backend(name: str) -> None:
+    """Set KERAS_BACKEND for this process; a process that already runs Keras cannot switch."""
+    if name not in BACKENDS:
+        raise UserError(f"trainer.backend={name!r}; allowed: {', '.join(BACKENDS)}")
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != name:
+            raise UserError(f"trainer.backend={name}: this process already runs Keras on {current}; "
+                            f"one process (one sweep worker) uses one backend")
+        return
+    if name == "jax":
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            raise UserError("trainer.backend=jax needs JAX: pip install -e '.[jax]'") from None
+    os.environ["KERAS_BACKEND"] = name

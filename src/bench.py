@@ -1,0 +1,139 @@
+"""`python -m src.bench`: how fast the project trains and sweeps, against the plain-Keras peer, in one run.
+
+    python -m src.bench                      # reference trial, peer, sweeps with 1 and 2 workers, memory
+    python -m src.bench --json bench.json    # the table as JSON, to compare across commits
+    python -m src.bench --backend jax        # the reference trial on Keras's JAX backend
+
+The reference trial (../shared/bench/README.md): classes 0-2, all 18,000 images, 784-10-10-3,
+Adam 1e-3, batch 32, 10 epochs; its time runs from building the model to the validation score.
+A benchmark, not a test: it asserts nothing, it measures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ["data.n_train=null", "model.units=10", "model.layers=2", "model.activation=relu", "optimizer=adam",
+             "optimizer.lr=0.001", "trainer.batch_size=32", "trainer.epochs=10", "trainer.verbose=0",
+             "trainer.test=false"]
+
+
+def reference_trials(repeats: int, backend: str, extra: list[str]) -> dict:
+    """The reference trial through src.training, `repeats` times in this process (data read once, first)."""
+    from hydra import compose, initialize_config_dir
+
+    from src.backend import use_backend
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", REFERENCE + [f"trainer.backend={backend}"] + extra)
+    use_backend(backend)
+    from src import training
+    from src.data import make_splits
+
+    make_splits(cfg.data.path, tuple(cfg.data.classes), cfg.data.n_train, cfg.data.validation_split, cfg.data.seed)
+    times, accs = [], []
+    with tempfile.TemporaryDirectory() as out:
+        for seed in range(repeats):
+            cfg.trainer.seed = seed
+            start = time.perf_counter()
+            metrics = training.run(cfg, out)
+            times.append(time.perf_counter() - start)
+            accs.append(metrics["val_accuracy"])
+    return {"median_s": statistics.median(times), "times_s": [round(t, 3) for t in times], "val_accuracy": accs,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def peer(script: Path, repeats: int) -> dict | None:
+    """One of ../shared/bench's scripts in a subprocess (its own JSON line), or None when it cannot run."""
+    if not script.is_file():
+        return None
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}  # the peer is plain Keras on its default backend
+    result = subprocess.run([sys.executable, script.name, "--repeats", str(repeats)], cwd=script.parent,
+                            capture_output=True, text=True, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if result.returncode == 0 and lines else None
+
+
+def sweep(folder: Path, overrides: list[str]) -> dict:
+    """A sweep in a subprocess; trials per minute from its trials.csv (first start to last end) and wall time."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}", *overrides], cwd=ROOT,
+                   check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    trials = pd.read_csv(folder / "trials.csv", parse_dates=["datetime_start", "datetime_complete"])
+    span = (trials["datetime_complete"].max() - trials["datetime_start"].min()).total_seconds()
+    return {"trials": len(trials), "wall_s": wall, "trials_per_min": 60 * len(trials) / span,
+            "val_accuracy_mean": trials["val_accuracy"].mean(), "rss_mb": trials["peak_rss_mb"].tolist()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="reference trials to take the median of")
+    parser.add_argument("--sweep-trials", type=int, default=12, help="trials of the 1- and 2-worker sweeps")
+    parser.add_argument("--memory-trials", type=int, default=100, help="trials of the flat-memory sweep")
+    parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax"))
+    parser.add_argument("--peer-dir", type=Path, default=ROOT.parent / "shared" / "bench")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--only-trial", action="store_true", help="skip the sweeps")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for the reference trial")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("FASHION_MNIST_DIR", str(ROOT.parent / "shared" / "datasets" / "fashion-mnist"))
+
+    rows: dict[str, object] = {}
+    own = reference_trials(args.repeats, args.backend, args.overrides)
+    rows["reference trial, project (s, median)"] = round(own["median_s"], 3)
+    rows["reference trial, project val_accuracy"] = own["val_accuracy"]
+    rows["reference trial, project peak RSS (MB)"] = round(own["peak_rss_mb"])
+    keras_peer = peer(args.peer_dir / "plain_keras.py", args.repeats)
+    if keras_peer:
+        rows[f"reference trial, plain Keras peer on {keras_peer['backend']} (s, median)"] = keras_peer["median_s"]
+        rows["reference trial, plain Keras peer val_accuracy"] = keras_peer["val_accuracy"]
+        rows["ratio project / plain Keras"] = round(own["median_s"] / keras_peer["median_s"], 3)
+    floor = peer(args.peer_dir / "floor_jax.py", args.repeats)
+    if floor:
+        rows["reference trial, JAX floor (s, median)"] = floor["median_s"]
+        rows["ratio project / JAX floor"] = round(own["median_s"] / floor["median_s"], 2)
+
+    if not args.only_trial:
+        with tempfile.TemporaryDirectory() as tmp:
+            quick = ["sweep=quick", f"hydra.sweeper.n_trials={args.sweep_trials}", "hydra.sweeper.pruner=none",
+                     f"trainer.backend={args.backend}"]
+            one = sweep(Path(tmp) / "w1", quick)
+            two = sweep(Path(tmp) / "w2", quick + ["hydra.sweeper.n_workers=2"])
+            rows["quick sweep, 1 worker (trials/min)"] = round(one["trials_per_min"], 1)
+            rows["quick sweep, 2 workers (trials/min)"] = round(two["trials_per_min"], 1)
+            rows["2-worker speed-up"] = round(two["trials_per_min"] / one["trials_per_min"], 2)
+            rows["quick sweep wall time, 1 / 2 workers (s)"] = [round(one["wall_s"], 1), round(two["wall_s"], 1)]
+            rows["quick sweep mean val_accuracy, 1 / 2 workers"] = [round(one["val_accuracy_mean"], 4),
+                                                                   round(two["val_accuracy_mean"], 4)]
+            memory = sweep(Path(tmp) / "memory", [*quick[:1], f"hydra.sweeper.n_trials={args.memory_trials}",
+                                                  "hydra.sweeper.pruner=none", "data.n_train=600", "trainer.epochs=1",
+                                                  f"trainer.backend={args.backend}"])
+            rss = memory["rss_mb"]
+            rows[f"{args.memory_trials}-trial sweep: trials/min"] = round(memory["trials_per_min"], 1)
+            rows[f"{args.memory_trials}-trial sweep: peak RSS after trial 10 / at the end (MB)"] = [
+                round(rss[min(9, len(rss) - 1)]), round(max(rss))]
+            rows[f"{args.memory_trials}-trial sweep: end / trial 10"] = round(max(rss) / rss[min(9, len(rss) - 1)], 3)
+
+    width = max(map(len, rows))
+    print(f"backend {args.backend}, {os.cpu_count()} cores")
+    for key, value in rows.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps({"backend": args.backend, **rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
