@@ -140,7 +140,7 @@ def render(title: str, table: pd.DataFrame, fmt: str) -> str:
         return f"# {title}\n{table.to_csv(index=False)}"
     if fmt == "markdown":
         return f"## {title}\n\n{_markdown(table)}\n"
-    return f"{title}\n{table.to_string(index=False, float_format=lambda x: f'{x:.4g}')}\n"
+    return f"{title}\n{table.to_string(index=False, na_rep='', float_format=lambda x: f'{x:.4g}')}\n"
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -140,6 +140,7 @@ def curves(trials: pd.DataFrame, folder: Path, n: int = 5) -> plt.Figure | None:
         plt.close(fig)
         return None
     ax.set(xlabel="epoch", ylabel="val_accuracy", title=f"Validation curves of the top {drawn} trials")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(alpha=0.3)
     return fig

@@ -89,15 +89,14 @@ def params_summary(table: pd.DataFrame, params: list[str], value: str, bins: int
             continue
         column = done[p]
         numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
-        if numeric and column.nunique() > bins:
-            column = pd.qcut(column, q=bins, duplicates="drop").astype(str)
-        elif numeric:
-            column = column.map(lambda v: f"{v:.4g}")
-        grouped = done.groupby(column, sort=True)[value].agg(["count", "mean", "max"]).reset_index()
-        grouped.columns = ["value", "count", "mean", "max"]
+        key = pd.qcut(column, q=bins, labels=False, duplicates="drop") if numeric and column.nunique() > bins else column
+        grouped = done.groupby(key, sort=True).agg(low=(p, "min"), high=(p, "max"), count=(value, "count"),
+                                                   mean=(value, "mean"), max=(value, "max")).reset_index(drop=True)
+        label = (lambda r: f"{r.low:.4g}" if r.low == r.high else f"{r.low:.4g} to {r.high:.4g}") if numeric \
+            else (lambda r: str(r.low))
+        grouped.insert(0, "value", grouped.apply(label, axis=1))  # a bin reads as the range its trials cover
         grouped.insert(0, "param", p)
-        grouped["value"] = grouped["value"].astype(str)
-        parts.append(grouped)
+        parts.append(grouped.drop(columns=["low", "high"]))
     if not parts:
         return pd.DataFrame(columns=["param", "value", "count", "mean", "max"])
     return pd.concat(parts, ignore_index=True)

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import optuna
 from hydra.core.utils import JobReturn, configure_log, run_job
@@ -33,7 +33,8 @@ from src.errors import UserError
 from src.samplers import grid_size, make_pruner, make_sampler
 from src.search_space import SearchSpace, parse
 
-Settings = Any  # hydra_plugins.keras_optuna_sweeper.keras_optuna_sweeper.KerasOptunaSweeperConf
+if TYPE_CHECKING:  # the settings schema lives with the plugin Hydra registers
+    from hydra_plugins.keras_optuna_sweeper.keras_optuna_sweeper import KerasOptunaSweeperConf as Settings
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours to print
