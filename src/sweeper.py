@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the settings schema lives with the plugin Hydra registers
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours to print
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+INTERRUPTED = "interrupted by Ctrl-C"
 
 
 # The epoch hook of the trial this process is running, for the task to pass to training.
@@ -152,14 +153,15 @@ class Sweep:
             yield
 
     @staticmethod
-    def _fail_orphans(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+    def _fail_orphans(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],
+                      reason: str = "interrupted: its worker process ended") -> None:
         """Mark FAIL the RUNNING trials whose worker on this machine no longer exists (killed, crashed)."""
         host = socket.gethostname()
         for t in trials:
             owner = t.user_attrs.get("worker", "")
             if t.state == TrialState.RUNNING and owner.startswith(host + ":") and not _alive(int(owner.split(":")[1])):
                 study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-                study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: its worker process ended")
+                study._storage.set_trial_user_attr(t._trial_id, "error", reason)
                 study.tell(t.number, state=TrialState.FAIL)
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial) -> None:
@@ -169,9 +171,12 @@ class Sweep:
         try:
             outcome = self.run_task(self.space.overrides(trial.params), trial.number)
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("error", "interrupted by Ctrl-C")
-            _tell(study, trial, state=TrialState.FAIL)
+            try:
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("error", INTERRUPTED)
+                _tell(study, trial, state=TrialState.FAIL)
+            except Exception:  # Ctrl-C landed inside a storage call: the sweeper process marks the trial
+                pass
             raise
         finally:
             _current_hook = None
@@ -338,7 +343,9 @@ def run(settings: Settings, hydra_context: HydraContext, task_function: TaskFunc
     try:
         _run_workers(sweep, max(1, settings.n_workers))
     except KeyboardInterrupt:
-        sweep.write_tables(sweep.open_study(), importance=True)
+        study = sweep.open_study()
+        sweep._fail_orphans(study, study.get_trials(deepcopy=False), reason=INTERRUPTED)  # workers have exited
+        sweep.write_tables(study, importance=True)
         print(f"interrupted: the running trial is marked FAIL; tables are in {sweep.dir}; "
               f"run the same command again to resume", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
