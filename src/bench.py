@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             rows["quick sweep, 2 workers (trials/min)"] = round(two["trials_per_min"], 1)
             rows["2-worker speed-up"] = round(two["trials_per_min"] / one["trials_per_min"], 2)
             rows["quick sweep wall time, 1 / 2 workers (s)"] = [round(one["wall_s"], 1), round(two["wall_s"], 1)]
-            rows["quick sweep mean val_accuracy, 1 / 2 workers"] = [round(one["val_accuracy_mean"], 4),
-                                                                   round(two["val_accuracy_mean"], 4)]
+            rows["quick sweep mean val_accuracy, 1 / 2 workers"] = [round(float(one["val_accuracy_mean"]), 4),
+                                                                   round(float(two["val_accuracy_mean"]), 4)]
             memory = sweep(Path(tmp) / "memory", [*quick[:1], f"hydra.sweeper.n_trials={args.memory_trials}",
                                                   "hydra.sweeper.pruner=none", "data.n_train=600", "trainer.epochs=1",
                                                   f"trainer.backend={args.backend}"])
