@@ -49,7 +49,7 @@ def load_trials(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def sweep_name(folder: Path) -> str:
-    """A sweep's label: its folder name, or the last two parts when that alone would be ambiguous."""
+    """A sweep's label in the tables: its folder's name (`default` for outputs/sweeps/default)."""
     return folder.name if folder.name not in ("", ".") else folder.resolve().name
 
 
