@@ -16,7 +16,7 @@ from typing import Iterable
 import pandas as pd
 import yaml
 
-from src.errors import UserError
+from src.errors import UserError, exit_with
 from src.results import TRIAL_METRICS, params_summary
 
 REQUIRED = ("number", "state")
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     written += report.write(trials[trials["sweep"] == sweep], folder, written)
                 print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        exit_with(e)
     return 0
 
 

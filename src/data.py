@@ -12,6 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,6 +163,11 @@ def make_splits(folder: str | None, classes: tuple[int, ...], n_train: int | Non
     x_val, y_val = _prepare(images, labels, val_idx, classes)
     x_test, y_test = _prepare(test_images, test_labels, test_idx, classes)
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test, classes)
+
+
+def load(data: Any) -> Splits:
+    """The splits a `data` config describes (data.path, classes, n_train, validation_split, seed), cached."""
+    return make_splits(data.path, tuple(data.classes), data.n_train, data.validation_split, data.seed)
 
 
 def _prepare(images: np.ndarray, labels: np.ndarray, idx: np.ndarray,

@@ -20,7 +20,12 @@ def exit_on_user_error(task: Callable[..., T]) -> Callable[..., T]:
         try:
             return task(*args, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            exit_with(e)
 
     return wrapper
+
+
+def exit_with(error: UserError) -> None:
+    """Print `error: <message>` on one line to stderr and exit with status 2."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(2)

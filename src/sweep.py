@@ -26,9 +26,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 def warm_up(cfg: DictConfig) -> None:
     """Once per worker process, before its first trial: choose the backend, load Keras, read the data."""
     use_backend(cfg.trainer.backend)
-    from src.data import make_splits
+    from src.data import load
 
-    make_splits(cfg.data.path, tuple(cfg.data.classes), cfg.data.n_train, cfg.data.validation_split, cfg.data.seed)
+    load(cfg.data)
     from src import training  # noqa: F401
 
 

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, 
 import keras  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from src.data import check_classes, make_splits  # noqa: E402
+from src.data import check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.model import build_model, build_optimizer  # noqa: E402
 from src.results import write_csv, write_json  # noqa: E402
@@ -36,8 +36,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     keras.utils.set_random_seed(cfg.trainer.seed)
     model = build_model(cfg.model, n_inputs=28 * 28, n_classes=len(check_classes(cfg.data.classes)))
     optimizer = build_optimizer(cfg.optimizer)
-    data = make_splits(cfg.data.path, tuple(cfg.data.classes), cfg.data.n_train,
-                       cfg.data.validation_split, cfg.data.seed)
+    data = load(cfg.data)
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution(cfg.trainer, len(data.x_train)))
 

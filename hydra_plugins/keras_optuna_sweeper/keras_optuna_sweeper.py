@@ -4,7 +4,6 @@ Hydra imports every module under `hydra_plugins` at start-up, so this one stays 
 engine (`src.sweeper`) load only when a sweep runs.
 """
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -63,11 +62,10 @@ class KerasOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: List[str]) -> None:
         from src import sweeper
-        from src.errors import UserError
+        from src.errors import UserError, exit_with
 
         try:
             sweeper.run(self.settings, self.hydra_context, self.task_function,
                         self.config, arguments)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            exit_with(e)
