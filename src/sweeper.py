@@ -101,7 +101,9 @@ class Sweep:
             existing = len(optuna.load_study(study_name=self.study_name, storage=storage).get_trials(deepcopy=False))
         except KeyError:
             pass
-        seed = None if self.settings.seed is None else self.settings.seed + 1000 * worker + existing
+        seed = self.settings.seed
+        if seed is not None and self.settings.sampler != "grid":  # a grid's seed orders its points: keep it
+            seed += 1000 * worker + existing  # so that workers and resumed runs do not draw the same points
         directions = self.directions
         sampler = make_sampler(self.settings.sampler, seed, self.settings.samplers.get(self.settings.sampler) or {},
                                self.space)

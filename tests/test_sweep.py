@@ -169,12 +169,15 @@ def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir)
 
 def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
     out = tmp_path / "parallel"
-    args = [*TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_workers=2",
-            "hydra.sweeper.max_trials_per_worker=2"]
+    units = [8, 12, 16, 20, 24, 28, 32]
+    args = [*TINY, "trainer.epochs=1", f"model.units=choice({','.join(map(str, units))})", "hydra.sweeper.sampler=grid",
+            "hydra.sweeper.n_workers=2", "hydra.sweeper.max_trials_per_worker=2"]
     sweep(out, *args, "hydra.sweeper.n_trials=5")
     trials = table(out)
     assert trials["number"].tolist() == [0, 1, 2, 3, 4] and (trials["state"] == "COMPLETE").all()
     assert trials["run_dir"].map(lambda d: (Path(d) / "metrics.json").is_file()).all()
+    assert trials["model.units"].is_unique  # the workers share one grid order: no point twice
     sweep(out, *args, "hydra.sweeper.n_trials=7")
-    assert table(out)["number"].tolist() == list(range(7))
+    trials = table(out)
+    assert trials["number"].tolist() == list(range(7)) and sorted(trials["model.units"]) == units
     assert yaml.safe_load((out / "best.yaml").read_text())["test"]["test_accuracy"] > 0.5
