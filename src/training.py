@@ -37,11 +37,14 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     model = build_model(cfg.model, n_inputs=28 * 28, n_classes=len(check_classes(cfg.data.classes)))
     optimizer = build_optimizer(cfg.optimizer)
     data = load(cfg.data)
+    eval_batch_size = cfg.trainer.eval_batch_size
+    if not isinstance(eval_batch_size, int) or isinstance(eval_batch_size, bool) or eval_batch_size < 1:
+        raise UserError(f"trainer.eval_batch_size={eval_batch_size!r}: use an integer >= 1")
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution(cfg.trainer, len(data.x_train)))
 
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(),
-                                                 _Validate(data.x_val, data.y_val, cfg.trainer.eval_batch_size)]
+                                                 _Validate(data.x_val, data.y_val, eval_batch_size)]
     if on_epoch is not None:
         callbacks.append(_StopWhen(on_epoch))
     fit = model.fit(data.x_train, data.y_train, epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
@@ -65,7 +68,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
         raise UserError(f"diverged: the loss became NaN in epoch {len(history)} "
                         f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
     if cfg.trainer.test:
-        test_loss, test_accuracy = score(model, data.x_test, data.y_test, cfg.trainer.eval_batch_size)
+        test_loss, test_accuracy = score(model, data.x_test, data.y_test, eval_batch_size)
         metrics["test_loss"], metrics["test_accuracy"] = round(test_loss, 6), round(test_accuracy, 6)
         log.info(f"Test loss: {metrics['test_loss']:.3f} - test accuracy: {metrics['test_accuracy']:.1%} "
                  f"({len(data.x_test)} test images)")

@@ -70,6 +70,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, data_dir):
         "data.n_train=4": "data.n_train=4 with validation_split=0.2 is too small",
         f"data.path={tmp_path / 'nowhere'}": "data folder not found",
         "trainer.steps_per_execution=0": "trainer.steps_per_execution=0: use epoch or an integer >= 1",
+        "trainer.eval_batch_size=0": "trainer.eval_batch_size=0: use an integer >= 1",
         "trainer.backend=torch": "trainer.backend='torch'; allowed: tensorflow, jax",
     }
     for i, (override, message) in enumerate(cases.items()):
