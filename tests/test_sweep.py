@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -147,16 +148,24 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, override, message):
     assert not (out / "trials").exists()
 
 
+def epochs_reported(db: Path) -> int:
+    """How many epochs the sweep's trials have reported to the pruner so far (read-only, while it runs)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return con.execute("SELECT COUNT(*) FROM trial_intermediate_values").fetchone()[0]
+    except sqlite3.Error:  # not created yet, or locked by a writer for a moment
+        return 0
+
+
 def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir):
     out = tmp_path / "interrupt"
     args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "trainer.epochs=30",
-            "data.n_train=3000", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2"]
+            "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=median"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 120
-    while not list(out.glob("trials/0/.hydra/config.yaml")) and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # inside the first trial's training
+    while not epochs_reported(out / "study.db") and time.time() < deadline:  # the first trial is training
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
