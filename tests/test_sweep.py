@@ -161,8 +161,9 @@ def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir)
     out = tmp_path / "interrupt"
     args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "trainer.epochs=30",
             "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=median"]
+    # Ctrl-C as at a terminal, even when pytest runs in the background (where SIGINT is inherited ignored).
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not epochs_reported(out / "study.db") and time.time() < deadline:  # the first trial is training
         time.sleep(0.02)
