@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -151,7 +152,7 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, override, message):
 def epochs_reported(db: Path) -> int:
     """How many epochs the sweep's trials have reported to the pruner so far (read-only, while it runs)."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             return con.execute("SELECT COUNT(*) FROM trial_intermediate_values").fetchone()[0]
     except sqlite3.Error:  # not created yet, or locked by a writer for a moment
         return 0
