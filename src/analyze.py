@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from src.errors import UserError, exit_with
-from src.results import TRIAL_METRICS, params_summary
+from src.sweep.results import TRIAL_METRICS, params_summary
 
 REQUIRED = ("number", "state")
 NOT_PARAMS = {"sweep", "number", "state", "value", "pareto", "datetime_start", "datetime_complete",

@@ -52,6 +52,4 @@ def build_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
     knobs = {k: v for k, v in optimizer.items() if k not in {"name", "lr"}}
     if optimizer.name not in OPTIMIZERS:
         raise UserError(f"optimizer.name={optimizer.name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    if not optimizer.lr > 0:
-        raise UserError(f"optimizer.lr={optimizer.lr}: the learning rate must be > 0")
     return OPTIMIZERS[optimizer.name](learning_rate=optimizer.lr, **knobs)

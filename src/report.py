@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from src.analyze import _markdown, effects, maximize, state_counts, study_info, top_trials, value_column
-from src.results import write_text
+from src.files import write_text
 
 Block = Union[str, pd.DataFrame, Path, tuple]  # text, table, image, ("code", text)
 

@@ -17,10 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, 
 import keras  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from src.config import check as check_config  # noqa: E402
 from src.data import check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.model import build_model, build_optimizer  # noqa: E402
-from src.results import write_csv, write_json  # noqa: E402
+from src.files import write_csv, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ EpochHook = Callable[[int, dict[str, float]], bool]
 def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None) -> dict[str, Any]:
     """Train the network `cfg` describes, write `history.csv` and `metrics.json` to `out_dir`, return the metrics."""
     start = time.perf_counter()
+    check_config(cfg)
     out_dir = Path(out_dir)
     keras.backend.clear_session(free_memory=False)  # drop the previous run's models; a full gc costs ~0.4 s
     keras.utils.set_random_seed(cfg.trainer.seed)
@@ -38,8 +40,6 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     optimizer = build_optimizer(cfg.optimizer)
     data = load(cfg.data)
     eval_batch_size = cfg.trainer.eval_batch_size
-    if not isinstance(eval_batch_size, int) or isinstance(eval_batch_size, bool) or eval_batch_size < 1:
-        raise UserError(f"trainer.eval_batch_size={eval_batch_size!r}: use an integer >= 1")
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution(cfg.trainer, len(data.x_train)))
 
@@ -89,8 +89,6 @@ def steps_per_execution(trainer: Any, n_train: int) -> int:
     """
     if trainer.steps_per_execution == "epoch":
         return max(1, math.ceil(n_train / trainer.batch_size))
-    if not isinstance(trainer.steps_per_execution, int) or trainer.steps_per_execution < 1:
-        raise UserError(f"trainer.steps_per_execution={trainer.steps_per_execution!r}: use epoch or an integer >= 1")
     return trainer.steps_per_execution
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from postgres import postgres  # noqa: F401  (a real PostgreSQL server for the session)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

@@ -5,7 +5,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from src.errors import UserError
-from src.search_space import parse
+from src.sweep.space import parse
 
 
 def one(expression: str):

@@ -1,53 +1,24 @@
-"""Result files: every table and JSON is written to a temporary file and renamed into place,
-so a crash or Ctrl-C never leaves a half-written file."""
+"""The sweep's tables, built from the study so they hold every worker's trials and survive resume:
+trials.csv, leaderboard.csv, params_summary.csv, importance.csv, best.yaml and study.yaml."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically: a temporary file beside it, then `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
-    return write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
-    return write_text(path, table.to_csv(index=False))
-
-
-# --- sweep tables: built from the study, so they hold every worker's trials and survive resume ---------
+from src.files import write_csv, write_text
 
 TRIAL_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy",
                  "train_loss", "epochs", "param_count", "seconds", "peak_rss_mb")
 
 
 def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None = None) -> pd.DataFrame:
-    """One row per trial: number, state, value(s), every param, its training metrics, times, folder, error."""
+    """One row per trial that ran or runs: number, state, value(s), every param, its training metrics, times, folder, error."""
     rows = []
     for t in trials:
+        if t.state.name == "WAITING" or (not t.params and t.user_attrs.get("interrupted")):
+            continue  # queued, or asked past the budget and never run: no row
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         values = t.values if t.values is not None else [None] * len(metrics)
         if len(metrics) == 1:

@@ -20,7 +20,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 
 from src.errors import UserError
-from src.results import describe
+from src.sweep.results import describe
 
 FORMS = "interval(a,b), int(interval(a,b)), tag(log, interval(a,b)), range(a,b[,step]), choice(x,y,...)"
 

@@ -1,27 +1,22 @@
-"""`python -m src.sweep -m [sweep=NAME] [overrides]`: an Optuna search over the training config.
-
-The search itself is the `keras_optuna` Hydra sweeper (hydra_plugins/, engine in src/sweeper.py);
-this is the task each trial runs: train one network, reporting each epoch so the pruner can stop it.
-"""
+"""The task each trial runs (train one network, reporting each epoch to the pruner), and a worker's warm-up."""
 from __future__ import annotations
 
 import gc
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from src.backend import use_backend
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the trial's network; return all its metrics (the sweeper picks the objectives)."""
     use_backend(cfg.trainer.backend)
-    from src import sweeper, training  # TensorFlow loads here, once per worker process
+    from src import training  # TensorFlow loads here, once per worker process
+    from src.sweep.pruning import current_hook
 
-    return training.run(cfg, HydraConfig.get().runtime.output_dir, on_epoch=sweeper.epoch_hook())
+    return training.run(cfg, HydraConfig.get().runtime.output_dir, on_epoch=current_hook.get())
 
 
 def warm_up(cfg: DictConfig) -> None:
@@ -33,7 +28,3 @@ def warm_up(cfg: DictConfig) -> None:
     from src import training  # noqa: F401
 
     gc.freeze()  # the ~450,000 objects loaded so far live as long as the worker: the collector skips them
-
-
-if __name__ == "__main__":
-    main()

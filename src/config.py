@@ -1,0 +1,32 @@
+"""Checks of a composed training config that need no TensorFlow: settings that could only fail, refused
+before any training (by `src.train` and by the sweeper for every value its search can choose)."""
+from __future__ import annotations
+
+from typing import Any
+
+from src.backend import BACKENDS
+from src.data import check_classes
+from src.errors import UserError
+
+
+def check(cfg: Any) -> None:
+    """Raise a one-line `UserError` naming the first bad value and what is allowed."""
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        _positive_int(f"trainer.{key}", cfg.trainer[key])
+    spe = cfg.trainer.steps_per_execution
+    if spe != "epoch":
+        _positive_int("trainer.steps_per_execution", spe, "use epoch or an integer >= 1")
+    if cfg.trainer.backend not in BACKENDS:
+        raise UserError(f"trainer.backend={cfg.trainer.backend!r}; allowed: {', '.join(BACKENDS)}")
+    lr = cfg.optimizer.lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise UserError(f"optimizer.lr={lr!r}: the learning rate must be a number > 0")
+    dropout = cfg.model.dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise UserError(f"model.dropout={dropout!r}: must be in [0, 1)")
+    check_classes(cfg.data.classes)
+
+
+def _positive_int(key: str, value: Any, allowed: str = "use an integer >= 1") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}={value!r}: {allowed}")

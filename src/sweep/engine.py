@@ -1,0 +1,242 @@
+"""One sweep command from start to finish: check everything before any trial, run the workers, finish.
+
+    settings + search space -> study (created or joined) -> workers: ask, run, tell, tables -> finish
+
+Any number of commands, here or on other machines, can run this on one study: they share nothing but
+the storage (see `study.py` for the rules that keep the budget exact and recover dead workers' trials).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from hydra.errors import HydraException
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import DictConfig
+from optuna.distributions import CategoricalDistribution
+
+from src.config import check as check_config
+from src.errors import UserError
+from src.sweep import progress, results, workers
+from src.sweep import study as studies
+from src.sweep.pruning import make_pruner
+from src.sweep.runner import Runner
+from src.sweep.samplers import grid_size, make_sampler
+from src.sweep.settings import SweeperSettings
+from src.sweep.space import SearchSpace, format_value, parse
+
+
+@dataclass
+class Sweep:
+    """What every worker of this command shares: the question, where its answer lives, how to run a trial."""
+
+    settings: SweeperSettings
+    space: SearchSpace
+    name: str
+    storage: studies.Storage
+    folder: Path
+    budget: int
+    runner: Runner
+    task_config: DictConfig
+    started: datetime
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.settings.objectives)
+
+    @property
+    def pruning(self) -> bool:
+        return self.settings.pruner != "none" and len(self.objectives) == 1
+
+    def open(self) -> optuna.Study:
+        """A new connection to the study, with this process's sampler and pruner."""
+        s = self.settings
+        sampler = make_sampler(s.sampler, s.seed, s.samplers.get(s.sampler) or {}, self.space)
+        pruner = make_pruner(s.pruner, s.pruners.get(s.pruner) or {})
+        return studies.open_study(self.storage.connect(), self.name, list(s.directions), sampler, pruner)
+
+    def write_tables(self, study: optuna.Study, importance: bool = False) -> None:
+        results.write_sweep_tables(self.folder, study, self.objectives, self.settings.leaderboard_size, importance)
+
+
+def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
+        config: DictConfig, arguments: list[str]) -> None:
+    """The whole command; every error message leaves with the storage password masked."""
+    storage = studies.Storage(settings.storage or "", settings.heartbeat_interval, settings.grace)
+    try:
+        _run(settings, hydra_context, task_function, config, arguments)
+    except UserError as e:
+        raise UserError(storage.mask(str(e))) from None
+
+
+def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
+         config: DictConfig, arguments: list[str]) -> None:
+    space = parse(settings.params, arguments)
+    folder = Path(config.hydra.sweep.dir).absolute()
+    storage = studies.Storage(settings.storage or f"sqlite:///{folder / 'study.db'}",
+                              settings.heartbeat_interval, settings.grace)
+    budget = min(settings.n_trials, grid_size(space)) if settings.sampler == "grid" else settings.n_trials
+    runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder, storage.mask)
+    if settings.pruner != "none" and len(settings.objectives) > 1:
+        print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
+    sweep = Sweep(settings, space, settings.study_name or "sweep", storage, folder, budget, runner,
+                  task_config=validate(runner, space), started=datetime.now())
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study = sweep.open()
+    studies.check_space(study, space.distributions)
+    trials = study.get_trials(deepcopy=False)
+    _check_folder(folder, sweep.name, trials)
+    results.write_study_info(folder / "study.yaml", sweep.name, storage.display, settings, space, budget)
+    n_workers = plan_workers(settings.n_workers, budget, trials, sweep.name, needs_replay(sweep, study))
+    studies.close(study)  # no connection crosses the fork
+    del study
+
+    progress.print_start(sweep.name, budget, settings, n_workers, folder, storage.display)
+    try:
+        if n_workers:
+            workers.run(lambda slot, owner: work(sweep, slot, owner), n_workers,
+                        lambda owner, reason: give_back(sweep, owner, reason), settings.max_failures)
+    except workers.Stopped as e:
+        study = sweep.open()
+        sweep.write_tables(study, importance=True)
+        print(f"{e}: the running trials are given back (marked FAIL, not counted); tables are in {folder}; "
+              f"run the same command again to resume", file=sys.stderr, flush=True)
+        raise SystemExit(e.code) from None
+    except UserError:
+        finish(sweep)
+        raise
+    finish(sweep)
+
+
+def validate(runner: Runner, space: SearchSpace) -> DictConfig:
+    """Compose the trial config at every choice and at both ends of every range, and check each, so a bad
+    key or a value that can only fail stops the sweep before any trial. Returns one (for warm-up)."""
+    def ends(dist: Any) -> list[Any]:
+        return list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
+
+    base = {key: ends(dist)[0] for key, dist in space.distributions.items()}
+    samples = [({}, base)] + [({key: v}, {**base, key: v}) for key, dist in space.distributions.items()
+                              for v in ends(dist)[1:]]
+    first = None
+    for varied, params in samples:
+        where = f" (with {', '.join(f'{k}={format_value(v)}' for k, v in varied.items())})" if varied else ""
+        try:
+            cfg = runner.compose(params, resolve=False)
+        except HydraException as e:
+            raise UserError(f"{str(e).splitlines()[0]}{where}") from None
+        try:
+            check_config(cfg)
+        except UserError as e:
+            raise UserError(f"{e}{where}") from None
+        first = first if first is not None else cfg
+    return first
+
+
+def _check_folder(folder: Path, name: str, trials: list[Any]) -> None:
+    """Refuse to start a new study over the tables of another one (a lost, emptied or replaced storage)."""
+    table = folder / "trials.csv"
+    if trials or not table.is_file():
+        return
+    try:
+        rows = len(pd.read_csv(table))
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        rows = 0
+    if rows:
+        raise UserError(f"{table} lists {rows} trials but study {name!r} has none in its storage (emptied or "
+                        f"replaced?); restore the storage, or use another hydra.sweep.dir or study_name")
+
+
+def needs_replay(sweep: Sweep, study: optuna.Study) -> bool:
+    """Whether the best trial still lacks its one replay on the test set."""
+    best = studies.best_trial(study)
+    done = study.user_attrs.get("best_test")
+    return bool(sweep.settings.test_overrides) and best is not None and not (done and done.get("trial") == best.number)
+
+
+def plan_workers(requested: int, budget: int, trials: list[Any], name: str, replay: bool) -> int:
+    """How many worker processes to start: no more than the cores or the trials left (with a note)."""
+    left = max(budget - sum(map(studies.counts, trials)), 0) + sum(t.state.name == "WAITING" for t in trials)
+    busy = any(t.state.name == "RUNNING" for t in trials)
+    if not left and not busy:
+        print(f"study {name!r} is complete: {budget}/{budget} trials; raise n_trials or set study_name", flush=True)
+        return 1 if replay else 0
+    cores = len(os.sched_getaffinity(0))
+    n = max(1, min(requested, left, cores))
+    if n < requested:
+        print(f"note: hydra.sweeper.n_workers={requested} capped at {n} ({left} trials left, {cores} cores)", flush=True)
+    return n
+
+
+def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
+    """One worker process: warm up, then ask, run, tell, rewrite the tables and print a line, until done.
+
+    Returns DONE when no trial is left (slot 0 then replays the best trial on the test set), RETIRED after
+    `max_trials_per_worker` trials (a fresh process takes over: TensorFlow keeps a little memory per model).
+    """
+    s = sweep.settings
+    if s.worker_init:
+        get_method(s.worker_init)(sweep.task_config)
+    study = sweep.open()
+    ran = 0
+    while True:
+        studies.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        failed = studies.failures_since(trials, sweep.started)
+        if len(failed) >= s.max_failures:
+            raise UserError(f"stopped after {len(failed)} failed trials (hydra.sweeper.max_failures="
+                            f"{s.max_failures}); last error: {failed[-1].user_attrs.get('error')}")
+        step = studies.next_step(trials, sweep.budget)
+        if step == "done":
+            if slot == 0:
+                sweep.runner.test_best(study, list(s.test_overrides))
+            return workers.Exit.DONE
+        if ran >= s.max_trials_per_worker:
+            return workers.Exit.RETIRED
+        if step == "wait":  # others' running trials use the last slots; one may die and give its slot back
+            time.sleep(min(2.0, s.heartbeat_interval))
+            continue
+        trial = study.ask()
+        with studies.heartbeat(study, trial):
+            trial.set_user_attr("worker", owner)
+            if not studies.within_budget(study.get_trials(deepcopy=False), trial.number, sweep.budget):
+                studies.give_back(study, studies.frozen(study, trial), "not run: another worker took the "
+                                  "study's last trial first", retry=False)
+                continue
+            ran += 1
+            try:
+                sweep.runner.run_trial(study, trial, sweep.pruning)
+            finally:
+                sweep.write_tables(study)
+        progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started)
+
+
+def give_back(sweep: Sweep, owner: str, reason: str) -> None:
+    """After a worker of this command ended abnormally: give back the trials it left running."""
+    study = sweep.open()
+    try:
+        studies.give_back_owned(study, owner, reason)
+    finally:
+        studies.close(study)
+
+
+def finish(sweep: Sweep) -> None:
+    """After every worker has exited: final tables with importance, best.yaml, the summary."""
+    study = sweep.open()
+    best = studies.best_trial(study)
+    test = study.user_attrs.get("best_test")
+    test = test if best is not None and test and test.get("trial") == best.number else None
+    sweep.write_tables(study, importance=True)
+    if best is not None:
+        results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best.params),
+                           sweep.runner.compose(best.params), test)
+    progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
+                           sweep.runner.replay(best.params) if best else [])

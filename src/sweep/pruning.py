@@ -1,0 +1,48 @@
+"""Pruning: the pruner by name, and the per-epoch hook through which a trial reports to it.
+
+The runner sets the hook of the trial it runs in a `ContextVar`; the task passes it to training.
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+import optuna
+
+from src.errors import UserError
+
+PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "hyperband": optuna.pruners.HyperbandPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+           "threshold": optuna.pruners.ThresholdPruner}
+
+
+def make_pruner(name: str, kwargs: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """The pruner `name` (one of PRUNERS) with `kwargs`; `threshold` needs `lower` or `upper`."""
+    if name not in PRUNERS:
+        raise UserError(f"hydra.sweeper.pruner={name!r}; allowed: {', '.join(PRUNERS)}")
+    try:
+        return PRUNERS[name](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"hydra.sweeper.pruners.{name}={kwargs}: {e}") from None
+
+
+class PruningHook:
+    """Reports the objective after each epoch to the trial and asks its pruner whether to stop."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, enabled: bool) -> None:
+        self.trial, self.metric, self.enabled = trial, metric, enabled
+        self.pruned_at: int | None = None
+
+    def __call__(self, epoch: int, logs: dict[str, float]) -> bool:
+        if not self.enabled or self.metric not in logs:
+            return False
+        self.trial.report(float(logs[self.metric]), epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            return True
+        return False
+
+
+# The hook of the trial this process runs now; None outside a trial (e.g. the best trial's replay).
+current_hook: ContextVar[PruningHook | None] = ContextVar("current_hook", default=None)

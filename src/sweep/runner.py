@@ -1,0 +1,135 @@
+"""One trial's life in a worker: draw its params, compose its config, run the task as a Hydra job in this
+process, tell the study the outcome. Also the best trial's one replay on the test set."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from hydra.core.utils import JobReturn, configure_log, run_job
+from hydra.errors import HydraException
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.trial import TrialState
+
+from src.errors import UserError
+from src.sweep import study as studies
+from src.sweep.pruning import PruningHook, current_hook
+from src.sweep.space import SearchSpace
+
+log = logging.getLogger(__name__)
+INTERRUPTED = "interrupted by Ctrl-C"
+
+
+class Runner:
+    """Runs trials of one search space as Hydra jobs of the sweep's config, in this process."""
+
+    def __init__(self, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
+                 space: SearchSpace, objectives: list[str], folder: Path, mask: Callable[[str], str]) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        self.space, self.objectives, self.folder, self.mask = space, objectives, folder, mask
+
+    def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
+        """Draw the trial's params, train it, tell the study; Ctrl-C gives its slot back and re-raises."""
+        try:
+            params = studies.suggest(trial, self.space.distributions)
+        except Exception as e:  # e.g. a queued retry whose stored params no longer fit
+            studies.give_back(study, studies.frozen(study, trial), f"cannot draw params: {e}", retry=False)
+            raise UserError(f"trial {trial.number}: cannot draw its params: {e}") from None
+        hook = PruningHook(trial, self.objectives[0], pruning)
+        token = current_hook.set(hook)
+        try:
+            outcome = self.run_job(self.space.overrides(params), trial.number)
+        except KeyboardInterrupt as e:
+            studies.give_back(study, studies.frozen(study, trial), str(e) or INTERRUPTED)
+            raise
+        finally:
+            current_hook.reset(token)
+        try:
+            self.tell(study, trial, outcome, hook)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            print(f"trial {trial.number} was failed by another worker while it ran (no heartbeat within "
+                  f"the grace period); its result is not recorded", flush=True)
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, hook: PruningHook) -> None:
+        """Record what the task returned (a dict of metrics or one number) or raised."""
+        trial.set_user_attr("run_dir", f"{self.folder}/trials/{trial.number}")
+        if isinstance(outcome, BaseException):
+            message = str(outcome) if isinstance(outcome, UserError) else f"{type(outcome).__name__}: {outcome}"
+            trial.set_user_attr("error", message.splitlines()[0] if message else type(outcome).__name__)
+            return _tell(study, trial, state=TrialState.FAIL)
+        metrics = outcome if isinstance(outcome, dict) else {self.objectives[0]: outcome}
+        trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if _plain(v)})
+        if hook.pruned_at is not None:
+            return _tell(study, trial, state=TrialState.PRUNED)
+        values = [metrics.get(m) for m in self.objectives]
+        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            trial.set_user_attr("error", f"objective {self.objectives} not in the task's metrics or not finite: {values}")
+            return _tell(study, trial, state=TrialState.FAIL)
+        _tell(study, trial, values=values)
+
+    def run_job(self, overrides: list[str], number: int, subdir: str | None = None) -> Any:
+        """Run the task on `overrides` as Hydra job `number`: what it returned, or the exception it raised."""
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except HydraException as e:
+            return UserError(f"cannot compose {' '.join(overrides)}: {e}")
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = number
+            if subdir is not None:
+                cfg.hydra.sweep.subdir = subdir
+            # the job's .hydra/*.yaml copies never hold the storage password
+            if cfg.hydra.sweeper.get("storage"):
+                cfg.hydra.sweeper.storage = self.mask(str(cfg.hydra.sweeper.storage))
+            cfg.hydra.overrides.hydra = [self.mask(o) for o in cfg.hydra.overrides.hydra]
+        ret: JobReturn = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                 config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # as Hydra's launcher does
+        return ret._return_value
+
+    def compose(self, params: dict[str, Any], resolve: bool = True) -> Any:
+        """The task's config for `params` (without the hydra node): a plain dict, or a DictConfig unresolved."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self.space.overrides(params))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return OmegaConf.to_container(cfg, resolve=True) if resolve else cfg
+
+    def replay(self, params: dict[str, Any]) -> list[str]:
+        """The overrides that replay a trial with `python -m src.train` (the sweep definition's choice dropped)."""
+        return [o for o in self.space.overrides(params) if not o.startswith("sweep=")]
+
+    def test_best(self, study: optuna.Study, test_overrides: list[str]) -> dict[str, Any] | None:
+        """Replay the best trial once with `test_overrides` (e.g. trainer.test=true); the test set never chooses."""
+        best = studies.best_trial(study)
+        if best is None or not test_overrides:
+            return None
+        done = study.user_attrs.get("best_test")
+        if done and done.get("trial") == best.number:
+            return done
+        overrides = self.space.overrides(best.params) + list(test_overrides)
+        print(f"replaying best trial #{best.number} on the test set: {' '.join(overrides)}", flush=True)
+        outcome = self.run_job(overrides, best.number, subdir="best")
+        if isinstance(outcome, BaseException) or not isinstance(outcome, dict):
+            log.error(f"error: the best trial's replay failed: {outcome}")
+            return None
+        test = {"trial": best.number, **{k: outcome.get(k) for k in
+                                         ("test_accuracy", "test_loss", "val_accuracy", "val_loss")},
+                "run_dir": f"{self.folder}/best"}
+        study.set_user_attr("best_test", test)
+        return test
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:
+    """`study.tell`, minus the grid sampler's `study.stop()` on its last point, which ask-and-tell forbids
+    (Optuna stores the result before that call; our budget already ends the sweep)."""
+    try:
+        study.tell(trial, skip_if_finished=True, **result)  # failed meanwhile as stale: Optuna warns
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))

@@ -1,0 +1,347 @@
+"""The study in its storage: opened safely by many processes and machines, its budget, dead workers, the best.
+
+Coordination is Optuna's own: the storage numbers trials, a heartbeat thread marks a running trial
+alive, `fail_stale_trials` fails the ones whose worker stopped beating, and Optuna's retry callback
+queues their params again. The budget rule needs no lock: a trial may run only if fewer than
+`n_trials` trials with lower numbers count (see `counts`), which no later change can make false.
+The few private Optuna attributes the project touches are in the adapter at the end of this file.
+"""
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from src.errors import UserError
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours to print
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+MAX_RETRY = 3  # a trial cut short is queued again at most this often
+OPTUNA_TABLES = {"studies", "version_info", "study_directions", "study_user_attributes", "study_system_attributes",
+                 "trials", "trial_user_attributes", "trial_system_attributes", "trial_params", "trial_values",
+                 "trial_intermediate_values", "trial_heartbeats", "alembic_version"}
+
+
+# --- where the study lives ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Storage:
+    """A storage URL (RDB URL, `journal:PATH` or `grpc://HOST:PORT`) with its heartbeat settings.
+
+    `display` is the URL with its password masked: the only form that is printed or written.
+    """
+
+    url: str
+    heartbeat_interval: int
+    grace_period: int
+
+    @property
+    def password(self) -> str | None:
+        if self.url.startswith(("journal:", "grpc://")):
+            return None
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).password or None
+        except Exception:  # not a URL SQLAlchemy reads: `connect` says so
+            return None
+
+    def mask(self, text: str) -> str:
+        """`text` with this storage's password replaced by `***`."""
+        secret = self.password
+        if secret:
+            from urllib.parse import quote_plus
+
+            for form in {secret, quote_plus(secret)}:
+                text = text.replace(form, "***")
+        return text
+
+    @property
+    def display(self) -> str:
+        return self.mask(self.url)
+
+    def connect(self) -> BaseStorage:
+        """A new connection to the storage; a second process creating the same storage at once is retried."""
+        for attempt in range(6):
+            try:
+                return self._connect()
+            except UserError:
+                raise
+            except ModuleNotFoundError as e:
+                extra = " (pip install -e '.[postgres]')" if "psycopg" in str(e) else ""
+                raise UserError(f"hydra.sweeper.storage={self.display}: {e}{extra}") from None
+            except Exception as e:  # a creation race (duplicate table or version row, locked file), or a bad URL
+                if attempt == 5 or _permanent(e):
+                    raise UserError(f"hydra.sweeper.storage={self.display}: "
+                                    f"{self.mask(_first_line(e))}") from None
+                time.sleep(0.2 + random.random() * 0.5)
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> BaseStorage:
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        if self.url.startswith("journal:"):
+            path = Path(self.url.removeprefix("journal:"))
+            _check_journal_file(path)
+            return JournalStorageWithHeartbeat(JournalFileBackend(str(path)), self.heartbeat_interval,
+                                               self.grace_period, retry)
+        if self.url.startswith("grpc://"):
+            host, _, port = self.url.removeprefix("grpc://").rpartition(":")
+            proxy = optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
+            proxy.wait_server_ready(timeout=30)
+            return proxy
+        engine_kwargs = {}
+        if self.url.startswith("sqlite:"):
+            _check_sqlite_file(self.url)
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        return optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
+                                          heartbeat_interval=self.heartbeat_interval,
+                                          grace_period=self.grace_period, heartbeat_stale_trial_callback=retry)
+
+
+def _permanent(error: Exception) -> bool:
+    """Errors that another try cannot mend: a refused login, an unknown host or database, a bad URL."""
+    text = str(error).lower()
+    return any(s in text for s in ("password", "authentication", "does not exist", "could not translate",
+                                   "could not parse", "no such", "invalid", "not a database"))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _check_sqlite_file(url: str) -> None:
+    """Refuse a SQLite file that is empty (0 bytes) or holds tables of something other than Optuna."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or not Path(database).exists():
+        return
+    path = Path(database)
+    for _ in range(20):  # a process creating this storage right now fills the file within milliseconds
+        if path.stat().st_size > 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise UserError(f"storage file {path} is empty (0 bytes), not an Optuna study: restore it, or delete it "
+                        f"to start over")
+    if path.read_bytes()[:16] != b"SQLite format 3\0":
+        raise UserError(f"storage file {path} is not a SQLite database; point hydra.sweeper.storage elsewhere")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    con.close()
+    foreign = sorted(tables - OPTUNA_TABLES)
+    if foreign:
+        raise UserError(f"storage file {path} is a SQLite database of something else (tables {', '.join(foreign[:5])}), "
+                        f"not an Optuna study; point hydra.sweeper.storage elsewhere")
+
+
+def _check_journal_file(path: Path) -> None:
+    """Refuse a journal file whose first line is not one of Optuna's journal records."""
+    import json
+
+    if not path.exists() or path.stat().st_size == 0:  # Optuna creates it empty; it is new
+        return
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        ok = "op_code" in json.loads(first)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(f"storage file {path} is not an Optuna journal; point hydra.sweeper.storage elsewhere")
+
+
+def open_study(storage: BaseStorage, name: str, directions: list[str], sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """Create the study or load it (two processes creating it at once both get it); directions must match."""
+    for attempt in range(6):
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                        directions=directions, sampler=sampler, pruner=pruner)
+            break
+        except Exception as e:
+            if attempt == 5 or isinstance(e, (UserError, ValueError)):
+                raise UserError(f"cannot open study {name!r}: {_first_line(e)}") from None
+            time.sleep(0.2 + random.random() * 0.5)
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise UserError(f"study {name!r} was created with directions {stored}, not {directions}; "
+                        f"set hydra.sweeper.study_name to start a new study")
+    return study
+
+
+def check_space(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> None:
+    """Refuse a search space that differs from the one the study's trials were drawn from (the ones the
+    sampler learns from: complete, pruned and running)."""
+    stored: dict[str, BaseDistribution] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        stored.update(t.distributions)
+    for key, new in distributions.items():
+        old = stored.get(key)
+        if old is not None and old != new:
+            raise UserError(f"study {study.study_name!r} searched {key} as {_describe(old)}; this run asks "
+                            f"{_describe(new)}: set hydra.sweeper.study_name to start a new study")
+
+
+def _describe(dist: BaseDistribution) -> str:
+    from src.sweep.results import describe
+
+    return describe(dist)
+
+
+# --- the budget ---------------------------------------------------------------------------------------
+
+def counts(t: FrozenTrial) -> bool:
+    """Whether a trial uses one of the study's `n_trials` slots.
+
+    Queued, running and finished ones do. A failed one counts only when the task itself failed (our
+    code records its `error`); one cut short (Ctrl-C, SIGTERM, its worker died, or asked past the
+    budget) gives its slot back. A trial never goes from not counting to counting.
+    """
+    if t.state == TrialState.FAIL:
+        return "error" in t.user_attrs and not t.user_attrs.get("interrupted")
+    return True
+
+
+def next_step(trials: list[FrozenTrial], budget: int) -> Literal["ask", "wait", "done"]:
+    """`ask` while a slot is free or a queued trial waits; `wait` while others' running trials may
+    still give slots back; `done` when every slot is used by a finished trial."""
+    if any(t.state == TrialState.WAITING for t in trials) or sum(map(counts, trials)) < budget:
+        return "ask"
+    return "wait" if any(t.state == TrialState.RUNNING for t in trials) else "done"
+
+
+def within_budget(trials: list[FrozenTrial], number: int, budget: int) -> bool:
+    """Whether trial `number` may run: fewer than `budget` trials numbered below it count."""
+    return sum(1 for t in trials if t.number < number and counts(t)) < budget
+
+
+def failures_since(trials: list[FrozenTrial], started: Any) -> list[FrozenTrial]:
+    """Counted failed trials that started at or after `started` (this run's failures)."""
+    return [t for t in trials if t.state == TrialState.FAIL and counts(t)
+            and t.datetime_start and t.datetime_start >= started]
+
+
+def suggest(trial: optuna.Trial, distributions: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """Draw the trial's params (a queued retry keeps the params it already has)."""
+    for name, dist in distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            trial.suggest_categorical(name, dist.choices)
+        elif isinstance(dist, IntDistribution):
+            trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return dict(trial.params)
+
+
+def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool = True) -> bool:
+    """Fail a running trial whose run was cut short so that it no longer counts, and queue its params again.
+
+    Returns False when the trial had finished already (another worker or its own process got there first).
+    """
+    try:
+        set_user_attrs(study, trial, interrupted=True, error=reason)
+        if retry and trial.params:
+            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    return True
+
+
+def give_back_owned(study: optuna.Study, owner: str, reason: str) -> list[int]:
+    """Give back the running trials of a worker process known to have ended; their numbers."""
+    mine = [t for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == owner]
+    return [t.number for t in mine if give_back(study, t, reason)]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial by the first objective (on a multi-objective study: among the Pareto front)."""
+    candidates = study.best_trials if len(study.directions) > 1 else \
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not candidates:
+        return None
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(candidates, key=lambda t: (sign * t.values[0], -t.number))
+
+
+# --- adapter: the private Optuna attributes this project uses, and why ---------------------------------
+
+def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, **attrs: Any) -> None:
+    """Set user attributes of a trial known by its frozen record (Optuna's public setter needs a live Trial)."""
+    for key, value in attrs.items():
+        study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """The stored record of a live trial, as it is now."""
+    return study._storage.get_trial(trial._trial_id)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Beat for `trial` while the block runs (Optuna's own heartbeat thread, as `study.optimize` uses)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        yield
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail running trials whose heartbeat stopped for the grace period; Optuna's retry callback queues them."""
+    optuna.storages.fail_stale_trials(study)
+
+
+def close(study: optuna.Study) -> None:
+    """Drop the study's pooled storage connections, so that no socket is shared with a forked child."""
+    storage = getattr(study._storage, "_backend", study._storage)  # RDB storages come wrapped in a cache
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+class JournalStorageWithHeartbeat(JournalStorage, optuna.storages._heartbeat.BaseHeartbeat):
+    """Optuna's journal storage with the heartbeat its RDB storage has (Optuna 5 has none for journals).
+
+    A beat is a trial system attribute holding the wall-clock time; a running trial is stale when neither
+    its last beat nor its start is within the grace period (machines sharing a journal keep clocks in sync).
+    """
+
+    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int,
+                 callback: Any) -> None:
+        super().__init__(backend)
+        self._interval, self._grace, self._callback = heartbeat_interval, grace_period, callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            last = max(t.system_attrs.get("heartbeat", 0.0), t.datetime_start.timestamp() if t.datetime_start else 0.0)
+            if now - last > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self._callback

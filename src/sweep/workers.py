@@ -1,0 +1,167 @@
+"""The worker processes of one sweep command: started, restarted when they retire or die, stopped with it.
+
+The parent never loads TensorFlow, so forking is safe. A worker stops on SIGINT, SIGTERM or SIGHUP (and on
+its parent's death, by the kernel's parent-death signal) after giving its running trial back; the parent
+stops its workers on the same signals and gives back the trials of any worker that ended without doing so.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import socket
+import sys
+import uuid
+from enum import IntEnum
+from typing import Any, Callable
+
+from src.errors import UserError
+
+
+class Exit(IntEnum):
+    """How a worker process ended (its exit status)."""
+
+    DONE = 0            # the study has no trial left to run
+    USER_ERROR = 2      # bad settings or too many failed trials: the message went to the parent
+    RETIRED = 75        # ran max_trials_per_worker trials: start a fresh process (keeps memory flat)
+    INTERRUPTED = 130   # a signal stopped it; its running trial was given back
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) reached this process; `code` is the exit status to use."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {SIGNAL_NAMES.get(signum, signal.Signals(signum).name)}")
+        self.code = 128 + signum
+
+
+def raise_on_signals(once: bool) -> None:
+    """Turn SIGINT, SIGTERM and SIGHUP into `Stopped`; with `once`, later ones are ignored so that the
+    clean-up (giving the trial back) is not cut short."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if once:
+            for s in SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for s in SIGNALS:
+        signal.signal(s, handler)
+
+
+Work = Callable[[int, str], Exit]  # (slot, owner id) -> how the worker ended
+
+
+def run(work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int) -> None:
+    """Keep `n_workers` workers running `work` until each is DONE; restart retired and dead ones.
+
+    `give_back(owner, reason)` runs after a worker ended abnormally, for the trials it left running.
+    Raises `UserError` (a worker's message, or too many deaths) or `Stopped` (a signal), always after
+    every worker has exited.
+    """
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    running: dict[int, tuple[Any, str]] = {}
+    deaths, failure = 0, None
+
+    def start(slot: int) -> None:
+        owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}"
+        proc = context.Process(target=_worker_main, args=(work, slot, n_workers, owner, errors, os.getpid()))
+        proc.start()
+        running[slot] = (proc, owner)
+
+    raise_on_signals(once=False)
+    try:
+        for slot in range(n_workers):
+            start(slot)
+        while running:
+            multiprocessing.connection.wait([p.sentinel for p, _ in running.values()])
+            for slot, (proc, owner) in list(running.items()):
+                if proc.exitcode is None:
+                    continue
+                del running[slot]
+                code = proc.exitcode
+                if code == Exit.RETIRED:
+                    if failure is None:
+                        start(slot)
+                elif code == Exit.USER_ERROR:
+                    failure = failure or _message(errors)
+                elif code != Exit.DONE:
+                    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                    give_back(owner, f"its worker process died ({how})")
+                    if code < 128:  # died, rather than stopped cleanly by a signal sent to it alone
+                        deaths += 1
+                    if deaths > max_deaths:
+                        failure = failure or f"worker processes died {deaths} times (last: {how}); see the trial logs"
+                    elif failure is None:
+                        print(f"a worker process ended ({how}); its trial is given back; starting another",
+                              file=sys.stderr, flush=True)
+                        start(slot)
+    except Stopped:
+        _stop(running, give_back)
+        raise
+    finally:
+        for s in SIGNALS:
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+    if failure is not None:
+        raise UserError(failure)
+
+
+def _message(errors: Any) -> str:
+    try:
+        return errors.get(timeout=5)
+    except queue.Empty:
+        return "a worker process failed"
+
+
+def _stop(running: dict[int, tuple[Any, str]], give_back: Callable[[str, str], None]) -> None:
+    """Ask every worker to stop (SIGTERM; one already stopping ignores it), wait, give back what is left."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    for proc, _ in running.values():
+        if proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for proc, owner in running.values():
+        proc.join()
+        give_back(owner, "interrupted: its sweep command was stopped")
+
+
+def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any, parent: int) -> None:
+    """A worker process: dies with its parent, stops cleanly on signals, pins itself to its share of cores."""
+    _die_with_parent(parent)
+    raise_on_signals(once=True)
+    cores = sorted(os.sched_getaffinity(0))
+    if n_workers > 1 and len(cores) >= n_workers:
+        os.sched_setaffinity(0, cores[slot::n_workers])
+        for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ[var] = str(max(1, len(cores) // n_workers))
+    try:
+        code = work(slot, owner)
+    except Stopped as e:
+        sys.exit(Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code)
+    except UserError as e:
+        errors.put(str(e))
+        errors.close()
+        errors.join_thread()
+        sys.exit(Exit.USER_ERROR)
+    sys.exit(code)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to send SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG), so no worker outlives it."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the parent's signal handlers still stop its workers
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        sys.exit(Exit.INTERRUPTED)

@@ -1,0 +1,200 @@
+"""The study rules without Hydra or TensorFlow: budget, dead workers' trials, retries, best trial, storages."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import closing
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from src.errors import UserError
+from src.sweep import study as studies
+from src.sweep.samplers import make_sampler
+from src.sweep.space import parse
+
+SPACE = {"x": FloatDistribution(0.0, 1.0), "n": IntDistribution(1, 8)}
+
+
+def sqlite_storage(tmp_path, interval=1, grace=2) -> studies.Storage:
+    return studies.Storage(f"sqlite:///{tmp_path / 'study.db'}", interval, grace)
+
+
+def new_study(storage: studies.Storage, seed: int | None = 0, name: str = "s") -> optuna.Study:
+    sampler = make_sampler("tpe", seed, {"n_startup_trials": 2}, parse({}, []))
+    return studies.open_study(storage.connect(), name, ["maximize"], sampler, optuna.pruners.NopPruner())
+
+
+def ask(study: optuna.Study, budget: int, owner: str = "w") -> optuna.Trial | None:
+    """What a worker does: ask, claim within the budget, draw params (None when asked past the budget)."""
+    trial = study.ask()
+    trial.set_user_attr("worker", owner)
+    if not studies.within_budget(study.get_trials(deepcopy=False), trial.number, budget):
+        studies.give_back(study, studies.frozen(study, trial), "not run", retry=False)
+        return None
+    studies.suggest(trial, SPACE)
+    return trial
+
+
+def complete(study: optuna.Study, trial: optuna.Trial) -> None:
+    study.tell(trial, trial.params["x"])
+
+
+def counted(study: optuna.Study) -> int:
+    return sum(map(studies.counts, study.get_trials(deepcopy=False)))
+
+
+def test_exact_budget_when_workers_ask_at_once(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    a, b, c = ask(study, 2), ask(study, 2), ask(study, 2)  # three workers asked before any finished
+    assert a is not None and b is not None and c is None
+    surplus = study.get_trials(deepcopy=False)[2]
+    assert surplus.state == TrialState.FAIL and not studies.counts(surplus) and not surplus.params
+    complete(study, a)
+    complete(study, b)
+    assert counted(study) == 2 and studies.next_step(study.get_trials(), 2) == "done"
+
+
+def test_next_step_waits_while_others_run_and_asks_for_a_given_back_slot(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    a = ask(study, 2)
+    b = ask(study, 2)
+    complete(study, a)
+    assert studies.next_step(study.get_trials(), 2) == "wait"  # b runs elsewhere and may die
+    assert studies.give_back(study, studies.frozen(study, b), "its worker process died")
+    trials = study.get_trials()
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["interrupted"] and not studies.counts(trials[1])
+    assert trials[2].state == TrialState.WAITING and trials[2].params == b.params  # queued again
+    assert studies.next_step(trials, 2) == "ask"
+    retry = ask(study, 2)
+    assert retry.number == 2 and retry.params == b.params
+    complete(study, retry)
+    assert counted(study) == 2 and studies.next_step(study.get_trials(), 2) == "done"
+
+
+def test_give_back_of_a_finished_trial_changes_nothing(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    a = ask(study, 3)
+    complete(study, a)
+    assert not studies.give_back(study, studies.frozen(study, a), "late")
+    assert study.get_trials()[0].state == TrialState.COMPLETE and len(study.get_trials()) == 1
+
+
+def test_failed_task_counts_and_interrupted_does_not():
+    def trial(state, **attrs):
+        return optuna.trial.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                                         user_attrs=attrs)
+
+    assert studies.counts(trial(TrialState.COMPLETE))
+    assert studies.counts(trial(TrialState.RUNNING)) and studies.counts(trial(TrialState.WAITING))
+    assert studies.counts(trial(TrialState.FAIL, error="diverged"))
+    assert not studies.counts(trial(TrialState.FAIL, error="interrupted by Ctrl-C", interrupted=True))
+    assert not studies.counts(trial(TrialState.FAIL))  # failed by the stale-trial check: no error of ours
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_dead_workers_trial_is_failed_after_the_grace_period_and_queued_again(tmp_path, kind):
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'journal.log'}"
+    storage = studies.Storage(url, heartbeat_interval=1, grace_period=2)
+    dead_side, live_side = new_study(storage), new_study(storage)
+    dead = ask(dead_side, 5, "dead")
+    with studies.heartbeat(dead_side, dead):  # beats once, then its process "dies" (the beating stops)
+        pass
+    live = ask(live_side, 5, "live")
+    with studies.heartbeat(live_side, live):  # a live trial keeps beating through the grace period
+        time.sleep(3.5)
+        studies.fail_stale_trials(live_side)
+        trials = live_side.get_trials()
+        assert trials[1].state == TrialState.RUNNING  # never fails a live trial
+    assert trials[0].state == TrialState.FAIL and not studies.counts(trials[0])
+    assert trials[2].state == TrialState.WAITING and trials[2].params == dead.params
+    studies.fail_stale_trials(dead_side)  # a second look fails nothing more and queues nothing more
+    assert len(live_side.get_trials()) == 3
+
+
+def test_trial_seeded_sampler_differs_between_workers_and_repeats_for_a_seed(tmp_path):
+    def draws(seed, path):
+        study = new_study(studies.Storage(f"sqlite:///{path}", 1, 2), seed=seed)
+        trials = [ask(study, 10) for _ in range(4)]  # four workers asking at once: no duplicate points
+        return [t.params for t in trials]
+
+    first, again, other = draws(0, tmp_path / "a.db"), draws(0, tmp_path / "b.db"), draws(1, tmp_path / "c.db")
+    assert first == again and first != other
+    assert len({tuple(sorted(p.items())) for p in first}) == 4
+
+
+def test_changed_search_space_is_refused_with_both_distributions(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    complete(study, ask(study, 3))
+    studies.check_space(study, SPACE)  # the same space: fine
+    with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks int in \[1, 16\]: "
+                                        r"set hydra.sweeper.study_name"):
+        studies.check_space(study, {**SPACE, "n": IntDistribution(1, 16)})
+
+
+def test_directions_must_match_the_stored_study(tmp_path):
+    storage = sqlite_storage(tmp_path)
+    new_study(storage)
+    with pytest.raises(UserError, match=r"created with directions \['maximize'\], not \['minimize'\]"):
+        studies.open_study(storage.connect(), "s", ["minimize"], optuna.samplers.RandomSampler(),
+                           optuna.pruners.NopPruner())
+
+
+def test_best_trial_prefers_the_earlier_of_equals(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    assert studies.best_trial(study) is None
+    for value in (0.5, 0.9, 0.9, 0.1):
+        t = study.ask()
+        study.tell(t, value)
+    assert studies.best_trial(study).number == 1
+
+
+def test_empty_or_foreign_storage_file_is_refused(tmp_path):
+    (tmp_path / "study.db").write_bytes(b"")
+    with pytest.raises(UserError, match="is empty \\(0 bytes\\), not an Optuna study"):
+        sqlite_storage(tmp_path).connect()
+    assert (tmp_path / "study.db").stat().st_size == 0  # left as it was
+    (tmp_path / "study.db").unlink()
+    with closing(sqlite3.connect(tmp_path / "study.db")) as con:
+        con.execute("CREATE TABLE invoices (id INTEGER)")
+        con.commit()
+    with pytest.raises(UserError, match="a SQLite database of something else \\(tables invoices\\)"):
+        sqlite_storage(tmp_path).connect()
+    (tmp_path / "notes.log").write_text("hello\n")
+    with pytest.raises(UserError, match="not an Optuna journal"):
+        studies.Storage(f"journal:{tmp_path / 'notes.log'}", 1, 2).connect()
+
+
+def test_password_is_masked_in_what_is_shown():
+    storage = studies.Storage("postgresql+psycopg2://me:pa%40ss@db.example:5432/sweeps", 10, 30)
+    assert storage.display == "postgresql+psycopg2://me:***@db.example:5432/sweeps"
+    assert storage.mask("could not connect with pa@ss or pa%40ss") == "could not connect with *** or ***"
+    assert studies.Storage("sqlite:///x.db", 10, 30).display == "sqlite:///x.db"
+
+
+def test_concurrent_creation_of_one_sqlite_study(tmp_path):
+    storage = sqlite_storage(tmp_path)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            new_study(storage)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(optuna.get_all_study_summaries(storage.url)) == 1
+
+
+def test_categorical_params_are_drawn_with_suggest(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    trial = study.ask()
+    params = studies.suggest(trial, {"a": CategoricalDistribution(["relu", "tanh"]), **SPACE})
+    assert params["a"] in ("relu", "tanh") and 1 <= params["n"] <= 8
