@@ -159,8 +159,9 @@ def summary(trials: pd.DataFrame, folders: dict[str, Path], top: int, by: str | 
     for sweep, group in trials.groupby("sweep", sort=False):
         folder = folders[sweep]
         info = study_info(folder)["best"] or {}
-        board = (group.groupby(by, group_keys=False).apply(lambda g: top_trials(g, top, maximize(folder)))
-                 if by else top_trials(group, top, maximize(folder)))
+        up = maximize(folder)
+        board = (group.groupby(by, group_keys=False).apply(lambda g, up=up: top_trials(g, top, up))
+                 if by else top_trials(group, top, up))
         if info.get("test") and "number" in board:
             board = board.assign(test_accuracy=board["number"].map({info["trial"]: info["test"]["test_accuracy"]}))
         sections.append(render(f"{sweep}: top {top} trials" + (f" by {by}" if by else ""), board, fmt))

@@ -170,7 +170,7 @@ def start_postgres(base_dir: Path, password: str | None = None) -> PostgresServe
     except Exception as err:
         server.stop()
         raise PostgresStartError(f"setting up role {USER} / database {DATABASE} failed: "
-                                 f"{type(err).__name__}: {err}\n--- {log_path} (tail) ---\n{_tail(log_path, 40)}")
+                                 f"{type(err).__name__}: {err}\n--- {log_path} (tail) ---\n{_tail(log_path, 40)}") from err
     return server
 
 

@@ -42,7 +42,7 @@ def test_terminal_answers(quick_sweep):
     board = out.split("quick: top 3 trials\n")[1].split("\n\n")[0].splitlines()
     assert len(board) == 1 + min(3, (trials["state"] == "COMPLETE").sum())
     assert board[1].split()[1] == str(best["number"])
-    for state, count in trials["state"].value_counts().items():
+    for state in trials["state"].value_counts().index:
         assert state in out
     by = analyze(folder, "--by", "model.activation").stdout
     assert "by model.activation" in by and "relu" in by

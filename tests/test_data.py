@@ -23,8 +23,8 @@ def tiny_folder(folder: Path, n: int = 12, labels: np.ndarray | None = None) -> 
     """A complete data folder of `n` random 28x28 images per split, labels cycling 0-9."""
     rng = np.random.default_rng(0)
     labels = np.arange(n) % 10 if labels is None else labels
-    for split, (images_name, labels_name) in {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                                              "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}.items():
+    for images_name, labels_name in (("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                                     ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
         write_idx(folder / images_name, rng.integers(0, 256, (n, 28, 28)))
         write_idx(folder / labels_name, labels)
     return folder

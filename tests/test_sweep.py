@@ -192,3 +192,62 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
     trials = table(out)
     assert trials["number"].tolist() == list(range(7)) and sorted(trials["model.units"]) == units
     assert yaml.safe_load((out / "best.yaml").read_text())["test"]["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: use an integer >= 1"),
+    ("hydra.sweeper.n_workers=0", "hydra.sweeper.n_workers=0: use an integer >= 1"),
+    ("hydra.sweeper.max_trials_per_worker=0", "hydra.sweeper.max_trials_per_worker=0: use an integer >= 1"),
+    ("hydra.sweeper.grace_period=5", "hydra.sweeper.grace_period=5: must be longer than heartbeat_interval=10"),
+    ("trainer.epochs=0", "trainer.epochs=0: use an integer >= 1"),
+    ("trainer.batch_size=0", "trainer.batch_size=0: use an integer >= 1"),
+    ("optimizer.lr=0", "optimizer.lr=0: the learning rate must be a number > 0"),
+    ("trainer.epochs=int(interval(0,3))", "trainer.epochs=0: use an integer >= 1"),
+    ("optimizer=choice(adam,nadam)", "Could not find 'optimizer/nadam'"),
+    ("hydra.sweeper.storage=postgresql+psycopg2://me:hunter2pw@127.0.0.1:1/none",
+     "hydra.sweeper.storage=postgresql+psycopg2://me:***@127.0.0.1:1/none"),
+])
+def test_bad_settings_fail_before_any_trial(tmp_path, override, message):
+    out = tmp_path / "bad"
+    result = sweep(out, *TINY, "model.units=int(interval(8,16))", override, expect=2)
+    assert len(error_lines(result)) == 1 and message in error_lines(result)[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "hunter2pw" not in result.stdout + result.stderr
+    assert not (out / "trials").exists()
+
+
+def test_too_many_workers_are_capped_with_a_note(tmp_path, data_dir):
+    result = sweep(tmp_path / "capped", *TINY, "trainer.epochs=1", "model.units=int(interval(8,16))",
+                   "hydra.sweeper.n_trials=1", "hydra.sweeper.n_workers=64")
+    assert "note: hydra.sweeper.n_workers=64 capped at 1 (1 trials left" in result.stdout
+    assert table(tmp_path / "capped")["state"].tolist() == ["COMPLETE"]
+
+
+def test_changed_space_empty_storage_and_complete_study_are_said_plainly(tmp_path, data_dir):
+    out = tmp_path / "study"
+    sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1")
+    result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1")
+    assert "study 'default' is complete: 1/1 trials; raise n_trials or set study_name" in result.stdout
+    result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,64))", expect=2)
+    assert error_lines(result) == ["error: study 'default' searched model.units as int in [8, 32]; this run asks "
+                                   "int in [8, 64]: set hydra.sweeper.study_name to start a new study"]
+    (out / "study.db").write_bytes(b"")  # the storage lost: never a new study over the old tables
+    result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", expect=2)
+    assert "is empty (0 bytes), not an Optuna study" in error_lines(result)[0]
+    assert len(table(out)) == 1 and (out / "study.db").stat().st_size == 0
+
+
+def test_a_trial_whose_params_cannot_be_drawn_is_not_left_running(tmp_path, data_dir):
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    out = tmp_path / "ask"
+    out.mkdir()
+    study = optuna.create_study(study_name="default", storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(  # a failed trial that drew model.units from another kind of range
+        state=optuna.trial.TrialState.FAIL, params={"model.units": "wide"},
+        distributions={"model.units": CategoricalDistribution(["wide"])}))
+    result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1",
+                   expect=2)
+    assert "trial 1: cannot draw its params: Cannot set different distribution kind" in error_lines(result)[0]
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"] and trials[1].user_attrs["interrupted"]

@@ -37,7 +37,8 @@ class Runner:
             params = studies.suggest(trial, self.space.distributions)
         except Exception as e:  # e.g. a queued retry whose stored params no longer fit
             studies.give_back(study, studies.frozen(study, trial), f"cannot draw params: {e}", retry=False)
-            raise UserError(f"trial {trial.number}: cannot draw its params: {e}") from None
+            raise UserError(f"trial {trial.number}: cannot draw its params: {e}; set hydra.sweeper.study_name "
+                            f"to start a new study") from None
         hook = PruningHook(trial, self.objectives[0], pruning)
         token = current_hook.set(hook)
         try:
