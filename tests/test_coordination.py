@@ -44,6 +44,9 @@ def start(folder: Path, storage: str, *extra: str, other_host: bool = False) -> 
 
 
 def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
+    if storage.startswith("journal:"):
+        path = storage.removeprefix("journal:")
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
     try:
         return optuna.load_study(study_name="shared", storage=storage).get_trials()
     except Exception:  # not created yet, or being created right now
@@ -101,8 +104,10 @@ def test_postgres_two_commands_one_killed(tmp_path, data_dir, postgres):
     assert len(files) > 20 and not [p for p in files if postgres.password.encode() in p.read_bytes()]
 
 
-def test_sqlite_two_commands_one_killed(tmp_path, data_dir):
-    kill_one_mid_trial(tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_file_storage_two_commands_one_killed(tmp_path, data_dir, kind):
+    kill_one_mid_trial(tmp_path, f"sqlite:///{tmp_path / 'shared.db'}" if kind == "sqlite" else
+                       f"journal:{tmp_path / 'shared.log'}")
 
 
 def test_two_commands_create_one_new_postgres_study_at_once(tmp_path, data_dir, postgres):

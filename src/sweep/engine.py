@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 import pandas as pd
@@ -64,7 +65,17 @@ class Sweep:
         return studies.open_study(self.storage.connect(), self.name, list(s.directions), sampler, pruner)
 
     def write_tables(self, study: optuna.Study, importance: bool = False) -> None:
-        results.write_sweep_tables(self.folder, study, self.objectives, self.settings.leaderboard_size, importance)
+        with writing(self.folder):
+            results.write_sweep_tables(self.folder, study, self.objectives, self.settings.leaderboard_size, importance)
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """A full disk or an unwritable folder as one line, not a traceback (what was written stays)."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write the sweep's files in {folder}: {e.strerror or e}") from None
 
 
 def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
@@ -90,12 +101,14 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
     sweep = Sweep(settings, space, settings.study_name or "sweep", storage, folder, budget, runner,
                   task_config=validate(runner, space), started=datetime.now())
 
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     study = sweep.open()
     studies.check_space(study, space.distributions)
     trials = study.get_trials(deepcopy=False)
     _check_folder(folder, sweep.name, trials)
-    results.write_study_info(folder / "study.yaml", sweep.name, storage.display, settings, space, budget)
+    with writing(folder):
+        results.write_study_info(folder / "study.yaml", sweep.name, storage.display, settings, space, budget)
     n_workers = plan_workers(settings.n_workers, budget, trials, sweep.name, needs_replay(sweep, study))
     studies.close(study)  # no connection crosses the fork
     del study
@@ -236,7 +249,8 @@ def finish(sweep: Sweep) -> None:
     test = test if best is not None and test and test.get("trial") == best.number else None
     sweep.write_tables(study, importance=True)
     if best is not None:
-        results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best.params),
-                           sweep.runner.compose(best.params), test)
+        with writing(sweep.folder):
+            results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best.params),
+                               sweep.runner.compose(best.params), test)
     progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
                            sweep.runner.replay(best.params) if best else [])

@@ -43,6 +43,8 @@ class Runner:
         token = current_hook.set(hook)
         try:
             outcome = self.run_job(self.space.overrides(params), trial.number)
+        except Exception as e:  # Hydra's own steps around the task (its folder, its logs): the trial failed
+            outcome = e
         except KeyboardInterrupt as e:
             studies.give_back(study, studies.frozen(study, trial), str(e) or INTERRUPTED)
             raise
