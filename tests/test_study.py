@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from src.errors import UserError
 from src.sweep import study as studies
 from src.sweep.samplers import make_sampler
+from src.sweep.results import describe
 from src.sweep.space import parse
 
 SPACE = {"x": FloatDistribution(0.0, 1.0), "n": IntDistribution(1, 8)}
@@ -126,13 +127,39 @@ def test_trial_seeded_sampler_differs_between_workers_and_repeats_for_a_seed(tmp
     assert len({tuple(sorted(p.items())) for p in first}) == 4
 
 
-def test_changed_search_space_is_refused_with_both_distributions(tmp_path):
+def described(space: dict) -> dict[str, str]:
+    return {k: describe(d) for k, d in space.items()}
+
+
+def test_changed_search_space_is_refused_with_both_distributions(tmp_path, capsys):
     study = new_study(sqlite_storage(tmp_path))
-    complete(study, ask(study, 3))
-    studies.check_space(study, SPACE)  # the same space: fine
+    studies.check_space(study, described(SPACE), ["data.n_train=600"])  # the first run records the question
+    assert studies.give_back(study, studies.frozen(study, ask(study, 3)), "interrupted by Ctrl-C")
+    studies.check_space(study, described(SPACE), ["data.n_train=600"])  # the same question: fine
     with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks int in \[1, 16\]: "
                                         r"set hydra.sweeper.study_name"):
-        studies.check_space(study, {**SPACE, "n": IntDistribution(1, 16)})
+        studies.check_space(study, described({**SPACE, "n": IntDistribution(1, 16)}), [])
+    with pytest.raises(UserError, match=r"searched a as nothing \(not searched\); this run asks choice\(u, v\)"):
+        studies.check_space(study, described({**SPACE, "a": CategoricalDistribution(["u", "v"])}), [])
+    with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks nothing"):
+        studies.check_space(study, described({"x": SPACE["x"]}), [])
+    studies.check_space(study, described(SPACE), ["data.n_train=1200"])
+    assert "ran with fixed overrides ['data.n_train=600']; this run has ['data.n_train=1200']" in capsys.readouterr().out
+
+
+def test_a_trial_whose_params_cannot_be_drawn_is_given_back_not_left_running(tmp_path):
+    from src.sweep.runner import Runner
+
+    study = new_study(sqlite_storage(tmp_path))
+    study.add_trial(optuna.trial.create_trial(  # a trial that drew n from another kind of range
+        state=TrialState.FAIL, params={"n": "wide"}, distributions={"n": CategoricalDistribution(["wide"])}))
+    runner = Runner(None, None, None, parse({}, []), ["x"], tmp_path, str)
+    runner.space.distributions.update(SPACE)
+    trial = study.ask()
+    with pytest.raises(UserError, match="trial 1: cannot draw its params: Cannot set different distribution kind"):
+        runner.run_trial(study, trial, pruning=False)
+    failed = study.get_trials()[1]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"] and not studies.counts(failed)
 
 
 def test_directions_must_match_the_stored_study(tmp_path):
@@ -168,11 +195,21 @@ def test_empty_or_foreign_storage_file_is_refused(tmp_path):
         studies.Storage(f"journal:{tmp_path / 'notes.log'}", 1, 2).connect()
 
 
-def test_password_is_masked_in_what_is_shown():
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg2://me:pa%40ss@db.example:5432/sweeps", "postgresql+psycopg2://me:***@db.example:5432/sweeps"),
+    ("postgresql+psycopg2://u:SECRET%20PW@h/db", "postgresql+psycopg2://u:***@h/db"),
+    ("postgresql+psycopg2://u:x%2fy@h/db", "postgresql+psycopg2://u:***@h/db"),
+    ("postgresql+psycopg2://u:p@ss@h/db", "postgresql+psycopg2://u:***@h/db"),
+    ("postgresql+psycopg2://u@h/db?password=QSECRET&sslmode=require", "postgresql+psycopg2://u@h/db?password=***&sslmode=require"),
+    ("sqlite:///x.db", "sqlite:///x.db"),
+])
+def test_password_is_masked_in_what_is_shown(url, shown):
+    assert studies.Storage(url, 10, 30).display == shown
+
+
+def test_password_is_masked_in_every_form_a_message_may_hold():
     storage = studies.Storage("postgresql+psycopg2://me:pa%40ss@db.example:5432/sweeps", 10, 30)
-    assert storage.display == "postgresql+psycopg2://me:***@db.example:5432/sweeps"
     assert storage.mask("could not connect with pa@ss or pa%40ss") == "could not connect with *** or ***"
-    assert studies.Storage("sqlite:///x.db", 10, 30).display == "sqlite:///x.db"
 
 
 def test_concurrent_creation_of_one_sqlite_study(tmp_path):
@@ -198,3 +235,18 @@ def test_categorical_params_are_drawn_with_suggest(tmp_path):
     trial = study.ask()
     params = studies.suggest(trial, {"a": CategoricalDistribution(["relu", "tanh"]), **SPACE})
     assert params["a"] in ("relu", "tanh") and 1 <= params["n"] <= 8
+
+
+def test_a_trial_whose_process_died_as_it_was_asked_is_given_back(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    orphan = study.ask()  # created, then its process died before it beat or claimed the trial
+    beating = study.ask()
+    with studies.heartbeat(study, beating):  # a trial of another tool: beats, but has no owner of ours
+        unclaimed = studies.Unclaimed(grace=0.5)
+        unclaimed.give_back(study, study.get_trials())
+        assert study.get_trials()[0].state == TrialState.RUNNING  # not yet: seen for less than the grace period
+        time.sleep(0.6)
+        unclaimed.give_back(study, study.get_trials())
+    trials = study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL and not studies.counts(trials[orphan.number])
+    assert trials[beating.number].state == TrialState.RUNNING

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -104,7 +104,7 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
     study = sweep.open()
-    studies.check_space(study, space.distributions)
+    studies.check_space(study, {k: results.describe(d) for k, d in space.distributions.items()}, space.fixed)
     trials = study.get_trials(deepcopy=False)
     _check_folder(folder, sweep.name, trials)
     with writing(folder):
@@ -119,13 +119,18 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
             workers.run(lambda slot, owner: work(sweep, slot, owner), n_workers,
                         lambda owner, reason: give_back(sweep, owner, reason), settings.max_failures)
     except workers.Stopped as e:
-        study = sweep.open()
-        sweep.write_tables(study, importance=True)
+        try:
+            sweep.write_tables(sweep.open(), importance=True)
+        except Exception:  # noqa: BLE001 - the tables of the last trial stay; nothing else to save
+            pass
         print(f"{e}: the running trials are given back (marked FAIL, not counted); tables are in {folder}; "
               f"run the same command again to resume", file=sys.stderr, flush=True)
         raise SystemExit(e.code) from None
     except UserError:
-        finish(sweep)
+        try:
+            finish(sweep)
+        except Exception:  # noqa: BLE001 - the storage or disk that failed the workers: their error is the one
+            pass
         raise
     finish(sweep)
 
@@ -177,10 +182,10 @@ def needs_replay(sweep: Sweep, study: optuna.Study) -> bool:
 
 def plan_workers(requested: int, budget: int, trials: list[Any], name: str, replay: bool) -> int:
     """How many worker processes to start: no more than the cores or the trials left (with a note)."""
-    left = max(budget - sum(map(studies.counts, trials)), 0) + sum(t.state.name == "WAITING" for t in trials)
-    busy = any(t.state.name == "RUNNING" for t in trials)
-    if not left and not busy:
-        print(f"study {name!r} is complete: {budget}/{budget} trials; raise n_trials or set study_name", flush=True)
+    used = sum(map(studies.counts, trials))
+    left = max(budget - used, 0) + sum(t.state.name == "WAITING" for t in trials)
+    if studies.next_step(trials, budget) == "done":
+        print(f"study {name!r} is complete: {used}/{budget} trials; raise n_trials or set study_name", flush=True)
         return 1 if replay else 0
     cores = len(os.sched_getaffinity(0))
     n = max(1, min(requested, left, cores))
@@ -199,9 +204,11 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
     if s.worker_init:
         get_method(s.worker_init)(sweep.task_config)
     study = sweep.open()
+    unclaimed = studies.Unclaimed(s.grace)
     ran = 0
     while True:
         studies.fail_stale_trials(study)
+        unclaimed.give_back(study, study.get_trials(deepcopy=False))
         trials = study.get_trials(deepcopy=False)
         failed = studies.failures_since(trials, sweep.started)
         if len(failed) >= s.max_failures:
@@ -217,9 +224,11 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
         if step == "wait":  # others' running trials use the last slots; one may die and give its slot back
             time.sleep(min(2.0, s.heartbeat_interval))
             continue
-        trial = study.ask()
-        with studies.heartbeat(study, trial):
-            trial.set_user_attr("worker", owner)
+        with ExitStack() as claimed:
+            with workers.signals_held():  # the trial is created, beating and owned at once, or not at all
+                trial = study.ask()
+                claimed.enter_context(studies.heartbeat(study, trial))
+                trial.set_user_attr("worker", owner)
             if not studies.within_budget(study.get_trials(deepcopy=False), trial.number, sweep.budget):
                 studies.give_back(study, studies.frozen(study, trial), "not run: another worker took the "
                                   "study's last trial first", retry=False)
@@ -234,11 +243,15 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
 
 def give_back(sweep: Sweep, owner: str, reason: str) -> None:
     """After a worker of this command ended abnormally: give back the trials it left running."""
-    study = sweep.open()
     try:
-        studies.give_back_owned(study, owner, reason)
-    finally:
-        studies.close(study)
+        study = sweep.open()
+        try:
+            studies.give_back_owned(study, owner, reason)
+        finally:
+            studies.close(study)
+    except Exception as e:  # the storage is down or full: the heartbeat check recovers the trial later
+        print(f"could not give back the trials of a stopped worker ({type(e).__name__}); the next worker to "
+              f"look recovers them after grace_period", file=sys.stderr, flush=True)
 
 
 def finish(sweep: Sweep) -> None:

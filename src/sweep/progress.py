@@ -17,10 +17,11 @@ def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: A
 
 
 def print_trial(study: optuna.Study, number: int, budget: int, metric: str, started: datetime) -> None:
-    """`trial 3/20 COMPLETE val_accuracy=0.9517 best=0.9583 (#1) 12s elapsed ~1m left`."""
+    """`trial 3 COMPLETE val_accuracy=0.9517 best=0.9583 (#1) 4/20 done 12s elapsed ~1m left` (3 is the
+    trial's number in the study; 4/20 counts the study's trials, every worker's)."""
     trials = study.get_trials(deepcopy=False)
     t = next(x for x in trials if x.number == number)
-    line = f"trial {number}/{budget} {t.state.name}"
+    line = f"trial {number} {t.state.name}"
     value = (t.user_attrs.get("metrics") or {}).get(metric)
     if value is not None:
         line += f" {metric}={value:.4f}"
@@ -33,8 +34,9 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
         line += f" best={best.values[0]:.4f} (#{best.number})"
     elapsed = (datetime.now() - started).total_seconds()
     ran = sum(1 for x in trials if x.state in FINISHED and x.datetime_start and x.datetime_start >= started)
+    done = sum(1 for x in trials if counts(x) and x.state in FINISHED)
     left = elapsed / max(ran, 1) * max(budget - sum(map(counts, trials)), 0)
-    print(f"{line} {_duration(elapsed)} elapsed ~{_duration(left)} left", flush=True)
+    print(f"{line} {done}/{budget} done {_duration(elapsed)} elapsed ~{_duration(left)} left", flush=True)
 
 
 def print_summary(study: optuna.Study, storage: str, folder: Any, metrics: list[str],

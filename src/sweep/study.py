@@ -8,7 +8,9 @@ The few private Optuna attributes the project touches are in the adapter at the 
 """
 from __future__ import annotations
 
+import copy
 import random
+import re
 import sqlite3
 import time
 import warnings
@@ -24,6 +26,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from src.errors import UserError
+from src.sweep.results import describe
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
@@ -50,24 +53,26 @@ class Storage:
     grace_period: int
 
     @property
-    def password(self) -> str | None:
+    def secrets(self) -> list[str]:
+        """The password as written in the URL (user info or `password=` query) and decoded, longest first."""
         if self.url.startswith(("journal:", "grpc://")):
-            return None
-        try:
-            from sqlalchemy.engine import make_url
+            return []
+        from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-            return make_url(self.url).password or None
-        except Exception:  # not a URL SQLAlchemy reads: `connect` says so
-            return None
+        raw = []
+        netloc = self.url.partition("://")[2].partition("/")[0]
+        user_info = netloc.rpartition("@")[0]
+        if ":" in user_info:
+            raw.append(user_info.partition(":")[2])
+        raw += re.findall(r"[?&]password=([^&]*)", self.url)
+        forms = {f for r in raw if r for f in (r, unquote(r), unquote_plus(r), quote(unquote(r), safe=""),
+                                              quote_plus(unquote(r)))}
+        return sorted(forms, key=len, reverse=True)
 
     def mask(self, text: str) -> str:
-        """`text` with this storage's password replaced by `***`."""
-        secret = self.password
-        if secret:
-            from urllib.parse import quote_plus
-
-            for form in {secret, quote_plus(secret)}:
-                text = text.replace(form, "***")
+        """`text` with this storage's password replaced by `***`, in any form the URL may hold it."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
         return text
 
     @property
@@ -92,12 +97,11 @@ class Storage:
         raise AssertionError("unreachable")
 
     def _connect(self) -> BaseStorage:
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         if self.url.startswith("journal:"):
             path = Path(self.url.removeprefix("journal:"))
             _check_journal_file(path)
             return JournalStorageWithHeartbeat(JournalFileBackend(str(path)), self.heartbeat_interval,
-                                               self.grace_period, retry)
+                                               self.grace_period, queue_again)
         if self.url.startswith("grpc://"):
             host, _, port = self.url.removeprefix("grpc://").rpartition(":")
             proxy = optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
@@ -109,7 +113,7 @@ class Storage:
             engine_kwargs = {"connect_args": {"timeout": 60}}
         return optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
                                           heartbeat_interval=self.heartbeat_interval,
-                                          grace_period=self.grace_period, heartbeat_stale_trial_callback=retry)
+                                          grace_period=self.grace_period, heartbeat_stale_trial_callback=queue_again)
 
 
 def _permanent(error: Exception) -> bool:
@@ -185,23 +189,28 @@ def open_study(storage: BaseStorage, name: str, directions: list[str], sampler: 
     return study
 
 
-def check_space(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> None:
-    """Refuse a search space that differs from the one the study's trials were drawn from (the ones the
-    sampler learns from: complete, pruned and running)."""
-    stored: dict[str, BaseDistribution] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-        stored.update(t.distributions)
-    for key, new in distributions.items():
-        old = stored.get(key)
-        if old is not None and old != new:
-            raise UserError(f"study {study.study_name!r} searched {key} as {_describe(old)}; this run asks "
-                            f"{_describe(new)}: set hydra.sweeper.study_name to start a new study")
-
-
-def _describe(dist: BaseDistribution) -> str:
-    from src.sweep.results import describe
-
-    return describe(dist)
+def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str]) -> None:
+    """Refuse a search space that differs from the study's (a searched key added, dropped or changed),
+    described as `describe` writes them; changed fixed overrides get a note. The first run records both."""
+    stored = study.user_attrs.get("search_space")
+    if stored is None:  # a study of an earlier version, or not yet asked: what its trials were drawn from
+        drawn: dict[str, BaseDistribution] = {}
+        for t in study.get_trials(deepcopy=False):
+            drawn.update(t.distributions)
+        stored = {key: describe(dist) for key, dist in drawn.items()} if drawn else None
+    for key in sorted(set(stored or {}) | set(space)):
+        old, new = (stored or {}).get(key), space.get(key)
+        if stored is not None and old != new:
+            raise UserError(f"study {study.study_name!r} searched {key} as {old or 'nothing (not searched)'}; "
+                            f"this run asks {new or 'nothing (not searched)'}: set hydra.sweeper.study_name "
+                            f"to start a new study")
+    before = study.user_attrs.get("fixed")
+    if before is not None and sorted(before) != sorted(fixed):
+        print(f"note: study {study.study_name!r} ran with fixed overrides {sorted(before)}; this run has "
+              f"{sorted(fixed)}", flush=True)
+    if "search_space" not in study.user_attrs:
+        study.set_user_attr("search_space", space)
+        study.set_user_attr("fixed", fixed)
 
 
 # --- the budget ---------------------------------------------------------------------------------------
@@ -219,9 +228,10 @@ def counts(t: FrozenTrial) -> bool:
 
 
 def next_step(trials: list[FrozenTrial], budget: int) -> Literal["ask", "wait", "done"]:
-    """`ask` while a slot is free or a queued trial waits; `wait` while others' running trials may
-    still give slots back; `done` when every slot is used by a finished trial."""
-    if any(t.state == TrialState.WAITING for t in trials) or sum(map(counts, trials)) < budget:
+    """`ask` while a slot is free or a queued trial fits the budget; `wait` while others' running trials
+    may still give slots back; `done` when every slot is used by a finished trial."""
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    if sum(map(counts, trials)) < budget or any(within_budget(trials, t.number, budget) for t in waiting):
         return "ask"
     return "wait" if any(t.state == TrialState.RUNNING for t in trials) else "done"
 
@@ -249,18 +259,29 @@ def suggest(trial: optuna.Trial, distributions: dict[str, BaseDistribution]) -> 
     return dict(trial.params)
 
 
-def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool = True) -> bool:
-    """Fail a running trial whose run was cut short so that it no longer counts, and queue its params again.
+def queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a cut-short trial's params as a new WAITING trial (Optuna's retry callback, at most MAX_RETRY
+    times), without its owner or last heartbeat: those belong to the attempt that ended."""
+    fresh = copy.deepcopy(trial)
+    fresh.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("worker", "error", "interrupted")}
+    fresh.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != "heartbeat"}
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, fresh)
 
-    Returns False when the trial had finished already (another worker or its own process got there first).
+
+def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool = True) -> bool:
+    """Fail a running trial whose run was cut short so that it no longer counts, then queue its params again.
+
+    Returns False when the trial had finished already (another worker or its own process got there first):
+    only the process whose FAIL lands queues the retry, as with Optuna's stale-trial check.
     """
     try:
         set_user_attrs(study, trial, interrupted=True, error=reason)
-        if retry and trial.params:
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        if not fail(study, trial):
+            return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
+    if retry and trial.params:
+        queue_again(study, trial)
     return True
 
 
@@ -287,6 +308,11 @@ def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, **att
     """Set user attributes of a trial known by its frozen record (Optuna's public setter needs a live Trial)."""
     for key, value in attrs.items():
         study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def fail(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Set a running trial FAIL in the storage; False if another process finished it first (atomic)."""
+    return study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
 
 def frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
@@ -319,8 +345,9 @@ def close(study: optuna.Study) -> None:
 class JournalStorageWithHeartbeat(JournalStorage, optuna.storages._heartbeat.BaseHeartbeat):
     """Optuna's journal storage with the heartbeat its RDB storage has (Optuna 5 has none for journals).
 
-    A beat is a trial system attribute holding the wall-clock time; a running trial is stale when neither
-    its last beat nor its start is within the grace period (machines sharing a journal keep clocks in sync).
+    A beat is a trial system attribute holding the wall-clock time (one journal record per beat); a running
+    trial is stale when its last beat is older than the grace period (machines sharing a journal keep
+    their clocks in sync).
     """
 
     def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int,
@@ -329,19 +356,48 @@ class JournalStorageWithHeartbeat(JournalStorage, optuna.storages._heartbeat.Bas
         self._interval, self._grace, self._callback = heartbeat_interval, grace_period, callback
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+        try:
+            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed meanwhile: the runner says so
+            pass
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
-        stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            last = max(t.system_attrs.get("heartbeat", 0.0), t.datetime_start.timestamp() if t.datetime_start else 0.0)
-            if now - last > self._grace:
-                stale.append(t._trial_id)
-        return stale
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if "heartbeat" in t.system_attrs and now - t.system_attrs["heartbeat"] > self._grace]
 
     def get_heartbeat_interval(self) -> int | None:
         return self._interval
 
     def get_heartbeat_stale_trial_callback(self) -> Any:
         return self._callback
+
+
+class Unclaimed:
+    """Running trials with neither an owner nor a heartbeat: their process died within milliseconds of
+    creating them. Given back once this process has seen one unclaimed for the grace period (timed by
+    this process's own clock, so no two machines' clocks are compared)."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.seen: dict[int, float] = {}
+
+    def give_back(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        now = time.monotonic()
+        unclaimed = {t.number: t for t in trials if t.state == TrialState.RUNNING and "worker" not in t.user_attrs}
+        self.seen = {n: self.seen.get(n, now) for n in unclaimed}
+        for number, since in self.seen.items():
+            if now - since > self.grace and not _has_heartbeat(study, unclaimed[number]):
+                give_back(study, unclaimed[number], "its worker process died as it asked for the trial")
+
+
+def _has_heartbeat(study: optuna.Study, trial: FrozenTrial) -> bool:
+    if "heartbeat" in trial.system_attrs:
+        return True
+    storage = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return False
+    from optuna.storages._rdb import models
+
+    with storage.scoped_session() as session:
+        return session.query(models.TrialHeartbeatModel).filter_by(trial_id=trial._trial_id).count() > 0

@@ -15,8 +15,9 @@ import signal
 import socket
 import sys
 import uuid
+from contextlib import contextmanager
 from enum import IntEnum
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from src.errors import UserError
 
@@ -56,6 +57,17 @@ def raise_on_signals(once: bool) -> None:
         signal.signal(s, handler)
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold stop signals during the block and deliver them at its end, so that a step which must not be cut
+    in two (creating a trial and claiming it) is done whole or not at all."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 Work = Callable[[int, str], Exit]  # (slot, owner id) -> how the worker ended
 
 
@@ -93,6 +105,7 @@ def run(work: Work, n_workers: int, give_back: Callable[[str, str], None], max_d
                         start(slot)
                 elif code == Exit.USER_ERROR:
                     failure = failure or _message(errors)
+                    _signal_all(running)  # the others stop too; their running trials are given back
                 elif code != Exit.DONE:
                     how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
                     give_back(owner, f"its worker process died ({how})")
@@ -100,6 +113,7 @@ def run(work: Work, n_workers: int, give_back: Callable[[str, str], None], max_d
                         deaths += 1
                     if deaths > max_deaths:
                         failure = failure or f"worker processes died {deaths} times (last: {how}); see the trial logs"
+                        _signal_all(running)
                     elif failure is None:
                         print(f"a worker process ended ({how}); its trial is given back; starting another",
                               file=sys.stderr, flush=True)
@@ -121,18 +135,27 @@ def _message(errors: Any) -> str:
         return "a worker process failed"
 
 
-def _stop(running: dict[int, tuple[Any, str]], give_back: Callable[[str, str], None]) -> None:
-    """Ask every worker to stop (SIGTERM; one already stopping ignores it), wait, give back what is left."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+def _signal_all(running: dict[int, tuple[Any, str]]) -> None:
     for proc, _ in running.values():
         if proc.is_alive():
             try:
                 os.kill(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _stop(running: dict[int, tuple[Any, str]], give_back: Callable[[str, str], None]) -> None:
+    """Ask every worker to stop (SIGTERM; one already stopping ignores it), wait, give back what is left.
+    A worker whose clean-up hangs (a storage that does not answer) is killed after a minute; its trial
+    is then recovered by the heartbeat check."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    _signal_all(running)
     for proc, owner in running.values():
-        proc.join()
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
         give_back(owner, "interrupted: its sweep command was stopped")
 
 
@@ -149,8 +172,9 @@ def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any,
         code = work(slot, owner)
     except Stopped as e:
         sys.exit(Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code)
-    except UserError as e:
-        errors.put(str(e))
+    except Exception as e:  # a UserError, or the storage or disk failing: one line, via the parent
+        lines = str(e).strip().splitlines()
+        errors.put(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {lines[0] if lines else ''}")
         errors.close()
         errors.join_thread()
         sys.exit(Exit.USER_ERROR)
