@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from src.errors import UserError
 
@@ -25,3 +27,19 @@ def use_backend(name: str) -> None:
         except ImportError:
             raise UserError("trainer.backend=jax needs JAX: pip install -e '.[jax]'") from None
     os.environ["KERAS_BACKEND"] = name
+
+
+@contextmanager
+def quiet_native_start() -> Iterator[None]:
+    """Silence what native code writes to stderr during the block: TensorFlow's start-up lines (absl logs
+    written before its logging is set up, which TF_CPP_MIN_LOG_LEVEL does not reach). Python errors still
+    raise; what Python itself would print goes to the same place, so keep the block to an import."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

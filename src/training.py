@@ -14,7 +14,10 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
 
-import keras  # noqa: E402
+from src.backend import quiet_native_start  # noqa: E402
+
+with quiet_native_start():  # and its start-up banner, once per process
+    import keras  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from src.config import check as check_config  # noqa: E402

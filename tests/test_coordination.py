@@ -23,7 +23,7 @@ N_TRIALS = 6
 FAST = ["hydra.sweeper.params=null", "data.n_train=600", "trainer.epochs=20", "model.units=int(interval(8,64))",
         "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.pruner=median",
         "hydra.sweeper.pruners.median.n_startup_trials=100", "hydra.sweeper.heartbeat_interval=1",
-        "hydra.sweeper.grace_period=3", "hydra.sweeper.study_name=shared"]
+        "hydra.sweeper.grace_period=5", "hydra.sweeper.study_name=shared"]
 OTHER_HOST = "other-machine"
 
 

@@ -35,7 +35,8 @@ def test_quick_sweep_writes_every_table(tmp_path, quick_sweep):
     progress = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
     assert len(progress) == 6 and all("/6 done" in line and "best=" in line and "left" in line for line in progress)
     assert [line.split()[1] for line in progress] == [str(n) for n in range(6)]
-    assert "Epoch 1/" not in result.stdout  # no Keras bars inside sweeps
+    assert "Epoch 1/" not in result.stdout and "\r" not in result.stdout  # no bars nor live lines in a file
+    assert "oneDNN" not in result.stderr  # TensorFlow's start-up banner is silenced
 
     trials = table(out)
     assert trials["number"].tolist() == list(range(6))
@@ -235,3 +236,42 @@ def test_changed_space_empty_storage_and_complete_study_are_said_plainly(tmp_pat
     result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", expect=2)
     assert "is empty (0 bytes), not an Optuna study" in error_lines(result)[0]
     assert len(table(out)) == 1 and (out / "study.db").stat().st_size == 0
+
+
+def test_without_m_a_hint_and_exit_2():
+    result = run_cli("sweep", "sweep=quick", expect=2)
+    assert error_lines(result) == ["error: python -m src.sweep searches only with -m: python -m src.sweep -m "
+                                   "[sweep=NAME] [overrides] (to train one network: python -m src.train [overrides])"]
+
+
+def test_help_texts_are_the_projects_own():
+    sweep_help = run_cli("sweep", "--help").stdout
+    assert sweep_help.startswith("python -m src.sweep -m [sweep=NAME]") and "sweep: default, quick" in sweep_help
+    assert "range(a,b[,step]) (b excluded)" in sweep_help and "n_trials (study total)" in sweep_help
+    assert "n_train: 50" not in sweep_help and "outputs/sweeps/<study_name>/" in sweep_help
+    train_help = run_cli("train", "--help").stdout
+    assert train_help.startswith("python -m src.train [key=value ...]") and "optimizer: adam, rmsprop, sgd" in train_help
+
+
+def test_a_terminal_sees_each_epoch_on_one_rewritten_line(tmp_path, data_dir):
+    """On a terminal a live line (epoch k/n, score, seconds) is rewritten in place; in a file, one line per trial."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={tmp_path / 'live'}", *TINY,
+                             "trainer.epochs=3", "model.units=int(interval(8,16))", "hydra.sweeper.n_trials=1"],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: the sweep ended
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    text = out.decode()
+    assert "\r\x1b[Ktrial 0: epoch 1/3 val_accuracy=" in text and "\r\x1b[Ktrial 0: epoch 3/3" in text
+    assert "\r\x1b[Ktrial 0 COMPLETE" in text and "1/1 done" in text

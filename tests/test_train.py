@@ -93,7 +93,7 @@ def test_diverging_loss_fails_clearly_and_keeps_history(tmp_path, data_dir):
 
 
 def test_cfg_and_help_do_not_import_tensorflow():
-    for flag, shown in (("--cfg", "activation: relu"), ("--help", "Powered by Hydra")):
+    for flag, shown in (("--cfg", "activation: relu"), ("--help", "train one Keras dense network")):
         args = [sys.executable, "-X", "importtime", "-m", "src.train", flag] + (["job"] if flag == "--cfg" else [])
         result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0 and shown in result.stdout, result.stderr[-2000:]

@@ -5,6 +5,7 @@ trial runs `src.sweep.task.run` on its composed config.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import hydra
@@ -19,5 +20,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return task.run(cfg)
 
 
+def needs_multirun(argv: list[str]) -> bool:
+    """A search runs only in Hydra's multirun mode; without `-m` (and without a help or --cfg flag) Hydra
+    would train the default config once, which is never what `src.sweep` is asked for."""
+    multirun = any(a in ("-m", "--multirun") or a.startswith("hydra.mode=") for a in argv)
+    return not multirun and not any(a.startswith("-") for a in argv)
+
+
 if __name__ == "__main__":
+    if needs_multirun(sys.argv[1:]):
+        print("error: python -m src.sweep searches only with -m: python -m src.sweep -m [sweep=NAME] [overrides] "
+              "(to train one network: python -m src.train [overrides])", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -48,6 +48,7 @@ class Sweep:
     runner: Runner
     task_config: DictConfig
     started: datetime
+    live: bool = False  # a worker writing to a terminal alone: live lines during trials
 
     @property
     def objectives(self) -> list[str]:
@@ -204,6 +205,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
     if s.worker_init:
         get_method(s.worker_init)(sweep.task_config)
     study = sweep.open()
+    sweep.runner.live = sweep.live = s.n_workers == 1 and sys.stdout.isatty()
     unclaimed = studies.Unclaimed(s.grace)
     ran = 0
     while True:
@@ -238,7 +240,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
                 sweep.runner.run_trial(study, trial, sweep.pruning)
             finally:
                 sweep.write_tables(study)
-        progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started)
+        progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started, sweep.live)
 
 
 def give_back(sweep: Sweep, owner: str, reason: str) -> None:

@@ -1,8 +1,9 @@
 """What a sweep prints: a start line, one line per trial, and the summary at the end."""
 from __future__ import annotations
 
+import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -16,7 +17,24 @@ def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: A
           f"{n_workers} worker(s); study in {storage}; results in {folder}", flush=True)
 
 
-def print_trial(study: optuna.Study, number: int, budget: int, metric: str, started: datetime) -> None:
+def live_line(number: int, metric: str) -> Callable[[int, int | None, dict[str, float]], None]:
+    """For a terminal: a line rewritten in place after each epoch of trial `number` (the trial's own line
+    replaces it when it ends)."""
+    start = time.perf_counter()
+
+    def show(epoch: int, epochs: int | None, logs: dict[str, float]) -> None:
+        value = f" {metric}={logs[metric]:.4f}" if metric in logs else ""
+        print(f"{REWRITE}trial {number}: epoch {epoch}/{epochs or '?'}{value} {time.perf_counter() - start:.0f}s",
+              end="", flush=True)
+
+    return show
+
+
+REWRITE = "\r\033[K"  # back to the line's start, erase it
+
+
+def print_trial(study: optuna.Study, number: int, budget: int, metric: str, started: datetime,
+                live: bool = False) -> None:
     """`trial 3 COMPLETE val_accuracy=0.9517 best=0.9583 (#1) 4/20 done 12s elapsed ~1m left` (3 is the
     trial's number in the study; 4/20 counts the study's trials, every worker's)."""
     trials = study.get_trials(deepcopy=False)
@@ -36,7 +54,8 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
     ran = sum(1 for x in trials if x.state in FINISHED and x.datetime_start and x.datetime_start >= started)
     done = sum(1 for x in trials if counts(x) and x.state in FINISHED)
     left = elapsed / max(ran, 1) * max(budget - sum(map(counts, trials)), 0)
-    print(f"{line} {done}/{budget} done {_duration(elapsed)} elapsed ~{_duration(left)} left", flush=True)
+    print(f"{REWRITE if live else ''}{line} {done}/{budget} done {_duration(elapsed)} elapsed "
+          f"~{_duration(left)} left", flush=True)
 
 
 def print_summary(study: optuna.Study, storage: str, folder: Any, metrics: list[str],

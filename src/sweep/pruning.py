@@ -5,7 +5,7 @@ The runner sets the hook of the trial it runs in a `ContextVar`; the task passes
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -28,13 +28,18 @@ def make_pruner(name: str, kwargs: dict[str, Any]) -> optuna.pruners.BasePruner:
 
 
 class PruningHook:
-    """Reports the objective after each epoch to the trial and asks its pruner whether to stop."""
+    """Reports the objective after each epoch to the trial and asks its pruner whether to stop; also hands
+    each epoch to `show` (the live progress line), with the trial's epoch count the task sets in `epochs`."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, enabled: bool) -> None:
-        self.trial, self.metric, self.enabled = trial, metric, enabled
+    def __init__(self, trial: optuna.Trial, metric: str, enabled: bool,
+                 show: Callable[[int, int | None, dict[str, float]], None] | None = None) -> None:
+        self.trial, self.metric, self.enabled, self.show = trial, metric, enabled, show
+        self.epochs: int | None = None
         self.pruned_at: int | None = None
 
     def __call__(self, epoch: int, logs: dict[str, float]) -> bool:
+        if self.show is not None:
+            self.show(epoch, self.epochs, logs)
         if not self.enabled or self.metric not in logs:
             return False
         self.trial.report(float(logs[self.metric]), epoch)

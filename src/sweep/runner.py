@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from src.errors import UserError
+from src.sweep import progress
 from src.sweep import study as studies
 from src.sweep.pruning import PruningHook, current_hook
 from src.sweep.space import SearchSpace
@@ -30,6 +31,7 @@ class Runner:
                  space: SearchSpace, objectives: list[str], folder: Path, mask: Callable[[str], str]) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
         self.space, self.objectives, self.folder, self.mask = space, objectives, folder, mask
+        self.live = False  # a live line per epoch (one worker writing to a terminal)
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         """Draw the trial's params, train it, tell the study; Ctrl-C gives its slot back and re-raises."""
@@ -39,7 +41,8 @@ class Runner:
             studies.give_back(study, studies.frozen(study, trial), f"cannot draw params: {e}", retry=False)
             raise UserError(f"trial {trial.number}: cannot draw its params: {e}; set hydra.sweeper.study_name "
                             f"to start a new study") from None
-        hook = PruningHook(trial, self.objectives[0], pruning)
+        hook = PruningHook(trial, self.objectives[0], pruning,
+                           show=progress.live_line(trial.number, self.objectives[0]) if self.live else None)
         token = current_hook.set(hook)
         try:
             outcome = self.run_job(self.space.overrides(params), trial.number)

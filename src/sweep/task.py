@@ -16,7 +16,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from src import training  # TensorFlow loads here, once per worker process
     from src.sweep.pruning import current_hook
 
-    return training.run(cfg, HydraConfig.get().runtime.output_dir, on_epoch=current_hook.get())
+    hook = current_hook.get()
+    if hook is not None:
+        hook.epochs = cfg.trainer.epochs
+    return training.run(cfg, HydraConfig.get().runtime.output_dir, on_epoch=hook)
 
 
 def warm_up(cfg: DictConfig) -> None:
