@@ -33,7 +33,8 @@ def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None 
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         row["run_dir"] = t.user_attrs.get("run_dir")
-        row["error"] = t.user_attrs.get("error")
+        row["error"] = t.user_attrs.get("error") or (  # failed by the stale-trial check, which records nothing
+            "its worker stopped: no heartbeat within the grace period" if t.state.name == "FAIL" else None)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -49,8 +49,7 @@ def raise_on_signals(once: bool) -> None:
 
     def handler(signum: int, frame: Any) -> None:
         if once:
-            for s in SIGNALS:
-                signal.signal(s, signal.SIG_IGN)
+            _ignore_signals()
         raise Stopped(signum)
 
     for s in SIGNALS:
@@ -66,6 +65,13 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _ignore_signals() -> None:
+    """Let further stop signals pass with no effect. A Python no-op handler rather than SIG_IGN: a signal
+    that arrived together with the first would otherwise raise "Signal N ignored due to race condition"."""
+    for s in SIGNALS:
+        signal.signal(s, lambda signum, frame: None)
 
 
 Work = Callable[[int, str], Exit]  # (slot, owner id) -> how the worker ended
@@ -148,8 +154,7 @@ def _stop(running: dict[int, tuple[Any, str]], give_back: Callable[[str, str], N
     """Ask every worker to stop (SIGTERM; one already stopping ignores it), wait, give back what is left.
     A worker whose clean-up hangs (a storage that does not answer) is killed after a minute; its trial
     is then recovered by the heartbeat check."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    _ignore_signals()
     _signal_all(running)
     for proc, owner in running.values():
         proc.join(timeout=60)
