@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -88,6 +89,8 @@ def kill_one_mid_trial(tmp_path: Path, storage: str) -> tuple[list, subprocess.C
     dead = next(t for t in trials if t.number == killed.number)
     assert dead.state == TrialState.FAIL and not counts(dead)  # the killed trial gave its slot back ...
     assert any(t.system_attrs.get("failed_trial") == killed.number and t.params == killed.params for t in used)
+    table = pd.read_csv(tmp_path / "machine-b" / "trials.csv").set_index("number")
+    assert table.loc[killed.number, "error"] == "its worker stopped: no heartbeat within the grace period"
     # ... and no trial the survivor ran was failed by anyone
     assert all(t.state != TrialState.FAIL or t.user_attrs.get("error", "").startswith("not run")
                for t in trials if t.user_attrs.get("worker", "").startswith(me))
