@@ -23,6 +23,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution
+from sqlalchemy.exc import SQLAlchemyError
 
 from src.config import check as check_config
 from src.errors import UserError
@@ -87,6 +88,10 @@ def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: T
         _run(settings, hydra_context, task_function, config, arguments)
     except UserError as e:
         raise UserError(storage.mask(str(e))) from None
+    except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:  # the storage failed mid-way
+        lines = str(e).strip().splitlines()
+        raise UserError(storage.mask(f"the study's storage failed: {type(e).__name__}: "
+                                     f"{lines[0] if lines else ''}; rerun to resume")) from None
 
 
 def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,

@@ -120,7 +120,7 @@ def _permanent(error: Exception) -> bool:
     """Errors that another try cannot mend: a refused login, an unknown host or database, a bad URL."""
     text = str(error).lower()
     return any(s in text for s in ("password", "authentication", "does not exist", "could not translate",
-                                   "could not parse", "no such", "invalid", "not a database"))
+                                   "could not parse", "not a database", "unknown database"))
 
 
 def _first_line(error: Exception) -> str:
