@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, error_lines
-from src.analyze import load_trials, main
+from src.analyze import load_trials
+from src.analyze.cli import main
 
 PLOTS = ("history", "parameters", "importance", "size", "curves")
 
@@ -38,7 +39,7 @@ def test_terminal_answers(quick_sweep):
     trials = pd.read_csv(folder / "trials.csv")
     best = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=False).iloc[0]
     assert "quick: top 3 trials" in out and "quick: trials by state" in out
-    assert "validation accuracy by parameter" in out and "test_accuracy" in out
+    assert "val_accuracy by parameter" in out and "test_accuracy" in out
     board = out.split("quick: top 3 trials\n")[1].split("\n\n")[0].splitlines()
     assert len(board) == 1 + min(3, (trials["state"] == "COMPLETE").sum())
     assert board[1].split()[1] == str(best["number"])
@@ -105,11 +106,15 @@ def test_hand_written_csv_without_study_files(tmp_path):
     ('number,state,value\n0,COMPLETE,"0.9\n', "malformed CSV"),
     ("a,b\n1,2\n", "not a sweep's trials.csv (missing column 'number')"),
     ("number,state\n0,COMPLETE\n", "missing column 'value'"),
+    ("number,state,value\n0,COMPLETE,high\n", "column 'value' holds 'high'; it must hold numbers"),
+    (b"number,state,value,x\n0,COMPLETE,0.9,caf\xe9\n", "not UTF-8 text"),
 ])
 def test_bad_inputs(tmp_path, content, message):
     folder = tmp_path / "bad"
     folder.mkdir()
-    if content is not None:
+    if isinstance(content, bytes):
+        (folder / "trials.csv").write_bytes(content)
+    elif content is not None:
         (folder / "trials.csv").write_text(content)
     result = analyze(folder, expect=2)
     assert len(error_lines(result)) == 1 and message in error_lines(result)[0]
@@ -127,3 +132,38 @@ def test_needs_neither_tensorflow_nor_optuna(tmp_path):
                             capture_output=True, text=True)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert result.returncode == 0 and not imported & {"tensorflow", "keras", "optuna"}
+
+
+def test_report_of_a_sweep_where_every_trial_failed(tmp_path):
+    folder = write_csv(tmp_path / "failed", "number,state,value,model.units,error\n"
+                       "0,FAIL,,16,diverged: the loss became NaN\n1,FAIL,,32,boom\n")
+    result = analyze(folder, "--report")
+    assert "Traceback" not in result.stderr
+    md = (folder / "report.md").read_text()
+    assert "No trial completed." in md and "diverged: the loss became NaN" in md and "boom" in md
+
+
+def test_report_escapes_what_it_embeds(tmp_path):
+    folder = write_csv(tmp_path / "evil", "number,state,value,model.activation,param_count,error\n"
+                       "0,COMPLETE,0.9,<script>alert(1)</script>,8671,\n1,COMPLETE,0.8,relu,52760,\n"
+                       '2,FAIL,,relu,,"bad | value <b>x</b>"\n')
+    analyze(folder, "--report")
+    md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    assert "<script>" not in md and "<script>" not in page and "&lt;script&gt;" in page
+    assert "bad \\| value &lt;b&gt;x&lt;/b&gt;" in md  # the | cannot split the failures table
+    failures = md.split("## Failures")[1]
+    assert all(line.count(" | ") == 1 for line in failures.splitlines() if line.startswith("| 2"))
+    assert "| 8671 |" in md and "5.276e+04" not in md and "52760" in md  # counts stay whole numbers
+
+
+def test_report_images_carry_alt_text_and_fit_the_page(quick_sweep, tmp_path):
+    import re
+
+    folder = shutil.copytree(quick_sweep[0], tmp_path / "alt")
+    analyze(folder, "--report")
+    page = (folder / "report.html").read_text()
+    alts = re.findall(r'<img alt="([^"]+)"', page)
+    assert len(alts) == len(PLOTS) and all(len(a) > 15 for a in alts)
+    assert "img{max-width:100%" in page and "white-space:pre-wrap" in page and "<code>" in page
+    width = mpimg.imread(folder / "parameters.png").shape[1]
+    assert width <= 1100  # two panels a row: shown near full size in the 1000-pixel page

@@ -7,10 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from src.analyze.contract import TRIAL_METRICS, leaderboard, params_summary, value_column
 from src.files import write_csv, write_text
-
-TRIAL_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy",
-                 "train_loss", "epochs", "param_count", "seconds", "peak_rss_mb")
 
 
 def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None = None) -> pd.DataFrame:
@@ -37,41 +35,6 @@ def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None 
             "its worker stopped: no heartbeat within the grace period" if t.state.name == "FAIL" else None)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def leaderboard(table: pd.DataFrame, metrics: list[str], maximize: bool, size: int) -> pd.DataFrame:
-    """The top `size` complete trials by the first objective (multi-objective: the Pareto front)."""
-    done = table[table["state"] == "COMPLETE"]
-    if "pareto" in done:
-        done = done[done["pareto"]]
-    key = "value" if len(metrics) == 1 else f"value_{metrics[0]}"
-    top = done.sort_values([key, "number"], ascending=[not maximize, True]).head(size)
-    drop = ["state", "datetime_start", "datetime_complete", "error", "pareto"]
-    top = top.drop(columns=[c for c in drop if c in top])
-    top.insert(0, "rank", range(1, len(top) + 1))
-    return top
-
-
-def params_summary(table: pd.DataFrame, params: list[str], value: str, bins: int = 5) -> pd.DataFrame:
-    """For each parameter, the objective of complete trials by value (categorical) or by quantile bin (numeric)."""
-    done = table[table["state"] == "COMPLETE"]
-    parts = []
-    for p in params:
-        if p not in done or done[p].isna().all():
-            continue
-        column = done[p]
-        numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
-        key = pd.qcut(column, q=bins, labels=False, duplicates="drop") if numeric and column.nunique() > bins else column
-        grouped = done.groupby(key, sort=True).agg(low=(p, "min"), high=(p, "max"), count=(value, "count"),
-                                                   mean=(value, "mean"), max=(value, "max")).reset_index(drop=True)
-        label = (lambda r: f"{r.low:.4g}" if r.low == r.high else f"{r.low:.4g} to {r.high:.4g}") if numeric \
-            else (lambda r: str(r.low))
-        grouped.insert(0, "value", grouped.apply(label, axis=1))  # a bin reads as the range its trials cover
-        grouped.insert(0, "param", p)
-        parts.append(grouped.drop(columns=["low", "high"]))
-    if not parts:
-        return pd.DataFrame(columns=["param", "value", "count", "mean", "max"])
-    return pd.concat(parts, ignore_index=True)
 
 
 def importance_table(study: Any) -> pd.DataFrame:
@@ -102,9 +65,9 @@ def write_sweep_tables(folder: Path, study: Any, metrics: list[str], size: int, 
         return
     maximize = study.directions[0].name == "MAXIMIZE"
     params = list(dict.fromkeys(p for t in trials for p in t.params))
-    value = "value" if len(metrics) == 1 else f"value_{metrics[0]}"
+    value = value_column(table.columns)
     write_csv(folder / "trials.csv", table)
-    write_csv(folder / "leaderboard.csv", leaderboard(table, metrics, maximize, size))
+    write_csv(folder / "leaderboard.csv", leaderboard(table, value, maximize, size))
     write_csv(folder / "params_summary.csv", params_summary(table, params, value))
     if importance:
         write_csv(folder / "importance.csv", importance_table(study))
