@@ -55,15 +55,11 @@ class Sweep:
     def objectives(self) -> list[str]:
         return list(self.settings.objectives)
 
-    @property
-    def pruning(self) -> bool:
-        return self.settings.pruner != "none" and len(self.objectives) == 1
-
     def open(self) -> optuna.Study:
         """A new connection to the study, with this process's sampler and pruner."""
         s = self.settings
-        sampler = make_sampler(s.sampler, s.seed, s.samplers.get(s.sampler) or {}, self.space)
-        pruner = make_pruner(s.pruner, s.pruners.get(s.pruner) or {})
+        sampler = make_sampler(s.sampler, s.seed, s.samplers.get(s.sampler_name) or {}, self.space)
+        pruner = make_pruner(s.pruner, s.pruners.get(s.pruner_name) or {})
         return studies.open_study(self.storage.connect(), self.name, list(s.directions), sampler, pruner)
 
     def write_tables(self, study: optuna.Study, importance: bool = False) -> None:
@@ -96,13 +92,18 @@ def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: T
 
 def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
          config: DictConfig, arguments: list[str]) -> None:
+    launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
+    if launcher != "basic":
+        raise UserError(f"hydra/launcher={launcher} is not used: the keras_optuna sweeper runs its trials in its own "
+                        f"worker processes; use hydra.sweeper.n_workers (here) or the same command on more machines")
     space = parse(settings.params, arguments)
     folder = Path(config.hydra.sweep.dir).absolute()
     storage = studies.Storage(settings.storage or f"sqlite:///{folder / 'study.db'}",
                               settings.heartbeat_interval, settings.grace)
-    budget = min(settings.n_trials, grid_size(space)) if settings.sampler == "grid" else settings.n_trials
-    runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder, storage.mask)
-    if settings.pruner != "none" and len(settings.objectives) > 1:
+    budget = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
+    runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder, storage.mask,
+                    extend=get_method(settings.custom_search_space) if settings.custom_search_space else None)
+    if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
     sweep = Sweep(settings, space, settings.study_name or "sweep", storage, folder, budget, runner,
                   task_config=validate(runner, space), started=datetime.now())
@@ -158,7 +159,8 @@ def validate(runner: Runner, space: SearchSpace) -> DictConfig:
         except HydraException as e:
             raise UserError(f"{str(e).splitlines()[0]}{where}") from None
         try:
-            check_config(cfg)
+            if "trainer" in cfg:  # this project's training config (another Hydra app brings its own checks)
+                check_config(cfg)
         except UserError as e:
             raise UserError(f"{e}{where}") from None
         first = first if first is not None else cfg
@@ -218,7 +220,12 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
         unclaimed.give_back(study, study.get_trials(deepcopy=False))
         trials = study.get_trials(deepcopy=False)
         failed = studies.failures_since(trials, sweep.started)
-        if len(failed) >= s.max_failures:
+        if s.max_failure_rate is not None:
+            ran_here = studies.finished_since(trials, sweep.started)
+            if failed and len(failed) / len(ran_here) > s.max_failure_rate:
+                raise UserError(f"stopped: {len(failed)} of {len(ran_here)} trials failed (hydra.sweeper."
+                                f"max_failure_rate={s.max_failure_rate}); last error: {failed[-1].user_attrs.get('error')}")
+        elif len(failed) >= s.max_failures:
             raise UserError(f"stopped after {len(failed)} failed trials (hydra.sweeper.max_failures="
                             f"{s.max_failures}); last error: {failed[-1].user_attrs.get('error')}")
         step = studies.next_step(trials, sweep.budget)
@@ -242,7 +249,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
                 continue
             ran += 1
             try:
-                sweep.runner.run_trial(study, trial, sweep.pruning)
+                sweep.runner.run_trial(study, trial, s.pruning)
             finally:
                 sweep.write_tables(study)
         progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started, sweep.live)

@@ -13,7 +13,7 @@ from src.sweep.study import FINISHED, best_trial, counts
 
 
 def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: Any, storage: str) -> None:
-    print(f"sweep {name!r}: {budget} trials, sampler {settings.sampler}, pruner {settings.pruner}, "
+    print(f"sweep {name!r}: {budget} trials, sampler {settings.sampler_name}, pruner {settings.pruner_name}, "
           f"{n_workers} worker(s); study in {storage}; results in {folder}", flush=True)
 
 

@@ -17,8 +17,16 @@ PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPrun
            "threshold": optuna.pruners.ThresholdPruner}
 
 
-def make_pruner(name: str, kwargs: dict[str, Any]) -> optuna.pruners.BasePruner:
-    """The pruner `name` (one of PRUNERS) with `kwargs`; `threshold` needs `lower` or `upper`."""
+def make_pruner(name: str | dict[str, Any], kwargs: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """The pruner `name` (one of PRUNERS) with `kwargs` (`threshold` needs `lower` or `upper`), or a
+    `_target_` block instantiated by Hydra (hydra-optuna-sweeper's form)."""
+    if isinstance(name, dict):
+        from hydra.utils import instantiate
+
+        try:
+            return instantiate(name)
+        except Exception as e:
+            raise UserError(f"hydra.sweeper.pruner={name}: {str(e).splitlines()[0]}") from None
     if name not in PRUNERS:
         raise UserError(f"hydra.sweeper.pruner={name!r}; allowed: {', '.join(PRUNERS)}")
     try:

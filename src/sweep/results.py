@@ -106,8 +106,11 @@ def write_study_info(path: Path, name: str, storage: str, settings: Any, space: 
     doc = {
         "study_name": name, "storage": storage, "n_trials": budget,
         "objectives": dict(zip(settings.objectives, settings.directions)),
-        "sampler": settings.sampler, "sampler_settings": settings.samplers.get(settings.sampler) or {},
-        "seed": settings.seed, "pruner": settings.pruner, "pruner_settings": settings.pruners.get(settings.pruner) or {},
+        "sampler": settings.sampler_name,
+        "sampler_settings": settings.sampler if isinstance(settings.sampler, dict) else settings.samplers.get(settings.sampler) or {},
+        "seed": settings.sampler.get("seed", settings.seed) if isinstance(settings.sampler, dict) else settings.seed,
+        "pruner": settings.pruner_name,
+        "pruner_settings": settings.pruner if isinstance(settings.pruner, dict) else settings.pruners.get(settings.pruner) or {},
         "search_space": {k: describe(d) for k, d in space.distributions.items()},
         "fixed": list(space.fixed),
     }

@@ -28,15 +28,20 @@ class Runner:
     """Runs trials of one search space as Hydra jobs of the sweep's config, in this process."""
 
     def __init__(self, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
-                 space: SearchSpace, objectives: list[str], folder: Path, mask: Callable[[str], str]) -> None:
+                 space: SearchSpace, objectives: list[str], folder: Path, mask: Callable[[str], str],
+                 extend: Callable[[DictConfig, optuna.Trial], None] | None = None) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
         self.space, self.objectives, self.folder, self.mask = space, objectives, folder, mask
+        self.extend = extend  # hydra-optuna-sweeper's custom_search_space: suggests extra, conditional params
         self.live = False  # a live line per epoch (one worker writing to a terminal)
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         """Draw the trial's params, train it, tell the study; Ctrl-C gives its slot back and re-raises."""
         try:
             params = studies.suggest(trial, self.space.distributions)
+            if self.extend is not None:
+                self.extend(self.config, trial)
+                params = dict(trial.params)
         except Exception as e:  # e.g. a queued retry whose stored params no longer fit
             studies.give_back(study, studies.frozen(study, trial), f"cannot draw params: {e}", retry=False)
             raise UserError(f"trial {trial.number}: cannot draw its params: {e}; set hydra.sweeper.study_name "

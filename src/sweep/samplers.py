@@ -14,15 +14,19 @@ from src.sweep.space import SearchSpace
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
 
 
-def make_sampler(name: str, seed: int | None, kwargs: dict[str, Any], space: SearchSpace) -> BaseSampler:
-    """The sampler `name` (one of SAMPLERS) with `kwargs` passed through to Optuna.
+def make_sampler(name: str | dict[str, Any], seed: int | None, kwargs: dict[str, Any],
+                 space: SearchSpace) -> BaseSampler:
+    """The sampler `name` (one of SAMPLERS) with `kwargs` passed through to Optuna, or a `_target_` block
+    (hydra-optuna-sweeper's form: any sampler class, Optuna's or a user's, instantiated by Hydra).
 
     Grid and QMC draw their points by a sequence the storage indexes, so one seed serves every worker.
     The others are re-seeded with `seed + trial number` before each trial: workers on any machine draw
     different points (trial numbers are unique), and a run with the same seed and history draws the same.
     """
+    if isinstance(name, dict):
+        return _from_block(name, seed)
     if name not in SAMPLERS:
-        raise UserError(f"hydra.sweeper.sampler={name!r}; allowed: {', '.join(SAMPLERS)}")
+        raise UserError(f"hydra.sweeper.sampler={name!r}; allowed: {', '.join(SAMPLERS)} or a _target_ block")
     factories: dict[str, Callable[..., BaseSampler]] = {
         "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler, "qmc": optuna.samplers.QMCSampler,
@@ -34,6 +38,22 @@ def make_sampler(name: str, seed: int | None, kwargs: dict[str, Any], space: Sea
     if name in ("grid", "qmc") or seed is None:
         return factories[name](seed=seed, **kwargs)
     return TrialSeeded(lambda s: factories[name](seed=s, **kwargs), seed)
+
+
+def _from_block(block: dict[str, Any], seed: int | None) -> BaseSampler:
+    """A `_target_` block; its own `seed` wins over hydra.sweeper.seed. Seeded per trial when it takes a seed."""
+    import inspect
+
+    from hydra.utils import get_class, instantiate
+
+    try:
+        takes_seed = "seed" in inspect.signature(get_class(block["_target_"])).parameters
+        seed = block.get("seed", seed)
+        make = (lambda s: instantiate({**block, "seed": s})) if takes_seed else (lambda s: instantiate(block))
+        sampler = make(seed)
+    except Exception as e:  # an unknown class or a bad keyword: one line
+        raise UserError(f"hydra.sweeper.sampler={block}: {str(e).splitlines()[0]}") from None
+    return TrialSeeded(make, seed) if takes_seed and seed is not None else sampler
 
 
 class TrialSeeded(BaseSampler):

@@ -15,6 +15,7 @@ class SweeperSettings:
     """Knobs of samplers and pruners are keyed by name, so switching one never leaks the other's."""
 
     _target_: str = "hydra_plugins.keras_optuna_sweeper.keras_optuna_sweeper.KerasOptunaSweeper"
+    _recursive_: bool = False             # `_target_` blocks (sampler, pruner) reach us as config, made per worker
     study_name: Optional[str] = None      # default: the chosen sweep's name
     storage: Optional[str] = None         # Optuna RDB URL, journal:PATH or grpc://HOST:PORT; default sqlite:///<sweep dir>/study.db
     n_trials: int = 20                    # the study's total of counted trials, over every command and machine
@@ -25,13 +26,14 @@ class SweeperSettings:
     grace_period: Optional[int] = 30      # a running trial with no heartbeat for this long is failed and its slot given back
     objectives: List[str] = field(default_factory=lambda: ["val_accuracy"])  # metrics the task returns
     directions: List[str] = field(default_factory=lambda: ["maximize"])      # one per objective
-    sampler: str = "tpe"                  # tpe, random, grid, cmaes, qmc
+    direction: Any = None                 # hydra-optuna-sweeper's key: minimize/maximize or a list; sets directions
+    sampler: Any = "tpe"                  # tpe, random, grid, cmaes, qmc, or a `_target_` block (any Optuna sampler)
     seed: Optional[int] = 0               # sampler seed: the same seed gives the same sequence of params
     samplers: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
         "tpe": {"n_startup_trials": 10, "multivariate": False, "constant_liar": True},
         "random": {}, "grid": {}, "cmaes": {"n_startup_trials": 1},
         "qmc": {"qmc_type": "sobol", "scramble": True}})
-    pruner: str = "none"                  # none, median, hyperband, successive_halving, threshold
+    pruner: Any = "none"                  # none, median, hyperband, successive_halving, threshold, or a `_target_` block
     pruners: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {
         "none": {},
         "median": {"n_startup_trials": 5, "n_warmup_steps": 0},
@@ -39,11 +41,24 @@ class SweeperSettings:
         "successive_halving": {"min_resource": 1, "reduction_factor": 4},
         "threshold": {"lower": None, "upper": None, "n_warmup_steps": 0}})
     max_failures: int = 5                 # failed trials in one run before the sweep stops
+    max_failure_rate: Optional[float] = None  # hydra-optuna-sweeper's: stop when this share of the run's trials failed
+    n_jobs: Optional[int] = None          # hydra-optuna-sweeper's: taken as n_workers (processes, not threads)
+    custom_search_space: Optional[str] = None  # function(cfg, trial) that suggests extra or conditional params
     params: Optional[Dict[str, Any]] = None  # key: search expression or fixed value
     test_overrides: List[str] = field(default_factory=list)  # added when the best trial is replayed once
     leaderboard_size: int = 10
 
     def __post_init__(self) -> None:
+        if self.direction is not None:  # hydra-optuna-sweeper's spelling
+            self.directions = [self.direction] if isinstance(self.direction, str) else list(self.direction)
+        if self.n_jobs is not None:
+            self.n_workers = self.n_jobs
+        if self.max_failure_rate is not None and not 0.0 <= self.max_failure_rate <= 1.0:
+            raise UserError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: use a share in [0, 1]")
+        if isinstance(self.sampler, dict) and "_target_" not in self.sampler:
+            raise UserError(f"hydra.sweeper.sampler={self.sampler}: give a sampler name or a block with _target_")
+        if isinstance(self.pruner, dict) and "_target_" not in self.pruner:
+            raise UserError(f"hydra.sweeper.pruner={self.pruner}: give a pruner name or a block with _target_")
         for name in ("n_trials", "n_workers", "max_trials_per_worker", "max_failures", "heartbeat_interval",
                      "leaderboard_size"):
             value = getattr(self, name)
@@ -56,6 +71,20 @@ class SweeperSettings:
                 not set(self.directions) <= {"maximize", "minimize"}:
             raise UserError(f"hydra.sweeper.objectives={list(self.objectives)} with directions="
                             f"{list(self.directions)}: give one direction (maximize or minimize) per objective")
+
+    @property
+    def sampler_name(self) -> str:
+        """The sampler as a reader names it: `tpe`, or a block's class (`NSGAIISampler`)."""
+        return self.sampler["_target_"].rsplit(".", 1)[-1] if isinstance(self.sampler, dict) else self.sampler
+
+    @property
+    def pruner_name(self) -> str:
+        return self.pruner["_target_"].rsplit(".", 1)[-1] if isinstance(self.pruner, dict) else self.pruner
+
+    @property
+    def pruning(self) -> bool:
+        """Whether trials report epochs to a pruner (Optuna cannot prune multi-objective studies)."""
+        return self.pruner_name not in ("none", "NopPruner") and len(self.objectives) == 1
 
     @property
     def grace(self) -> int:

@@ -247,6 +247,11 @@ def failures_since(trials: list[FrozenTrial], started: Any) -> list[FrozenTrial]
             and t.datetime_start and t.datetime_start >= started]
 
 
+def finished_since(trials: list[FrozenTrial], started: Any) -> list[FrozenTrial]:
+    """Counted finished trials that started at or after `started` (this run's)."""
+    return [t for t in trials if t.state in FINISHED and counts(t) and t.datetime_start and t.datetime_start >= started]
+
+
 def suggest(trial: optuna.Trial, distributions: dict[str, BaseDistribution]) -> dict[str, Any]:
     """Draw the trial's params (a queued retry keeps the params it already has)."""
     for name, dist in distributions.items():
