@@ -40,7 +40,7 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
     trials = study.get_trials(deepcopy=False)
     t = next(x for x in trials if x.number == number)
     line = f"trial {number} {t.state.name}"
-    value = (t.user_attrs.get("metrics") or {}).get(metric)
+    value = t.user_attrs.get(metric, (t.user_attrs.get("metrics") or {}).get(metric))
     if value is not None:
         line += f" {metric}={value:.4f}"
     if t.state == TrialState.PRUNED:

@@ -36,22 +36,24 @@ def make_pruner(name: str | dict[str, Any], kwargs: dict[str, Any]) -> optuna.pr
 
 
 class PruningHook:
-    """Reports the objective after each epoch to the trial and asks its pruner whether to stop; also hands
-    each epoch to `show` (the live progress line), with the trial's epoch count the task sets in `epochs`."""
+    """Reports the objective after each epoch to the trial (with or without a pruner, so optuna-dashboard
+    draws learning curves; Optuna takes no reports on multi-objective studies) and, when `enabled`, asks the
+    pruner whether to stop; also hands each epoch to `show` (the live progress line), with the trial's epoch
+    count the task sets in `epochs`."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, enabled: bool,
+    def __init__(self, trial: optuna.Trial, metric: str, enabled: bool, report: bool = True,
                  show: Callable[[int, int | None, dict[str, float]], None] | None = None) -> None:
-        self.trial, self.metric, self.enabled, self.show = trial, metric, enabled, show
+        self.trial, self.metric, self.enabled, self.report, self.show = trial, metric, enabled, report, show
         self.epochs: int | None = None
         self.pruned_at: int | None = None
 
     def __call__(self, epoch: int, logs: dict[str, float]) -> bool:
         if self.show is not None:
             self.show(epoch, self.epochs, logs)
-        if not self.enabled or self.metric not in logs:
+        if not self.report or self.metric not in logs:
             return False
         self.trial.report(float(logs[self.metric]), epoch)
-        if self.trial.should_prune():
+        if self.enabled and self.trial.should_prune():
             self.pruned_at = epoch
             return True
         return False

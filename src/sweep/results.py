@@ -26,8 +26,8 @@ def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None 
             row.update({f"value_{m}": v for m, v in zip(metrics, values)})
             row["pareto"] = t.number in (pareto or set())
         row.update(t.params)
-        measured = t.user_attrs.get("metrics") or {}
-        row.update({m: measured.get(m) for m in TRIAL_METRICS})
+        legacy = t.user_attrs.get("metrics") or {}  # studies written before one attribute per metric
+        row.update({m: t.user_attrs.get(m, legacy.get(m)) for m in TRIAL_METRICS})
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         row["run_dir"] = t.user_attrs.get("run_dir")

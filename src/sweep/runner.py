@@ -22,6 +22,7 @@ from src.sweep.space import SearchSpace
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted by Ctrl-C"
+RESERVED = ("worker", "error", "interrupted", "run_dir")  # the sweeper's own user attributes
 
 
 class Runner:
@@ -46,7 +47,7 @@ class Runner:
             studies.give_back(study, studies.frozen(study, trial), f"cannot draw params: {e}", retry=False)
             raise UserError(f"trial {trial.number}: cannot draw its params: {e}; set hydra.sweeper.study_name "
                             f"to start a new study") from None
-        hook = PruningHook(trial, self.objectives[0], pruning,
+        hook = PruningHook(trial, self.objectives[0], pruning, report=len(self.objectives) == 1,
                            show=progress.live_line(trial.number, self.objectives[0]) if self.live else None)
         token = current_hook.set(hook)
         try:
@@ -72,7 +73,9 @@ class Runner:
             trial.set_user_attr("error", message.splitlines()[0] if message else type(outcome).__name__)
             return _tell(study, trial, state=TrialState.FAIL)
         metrics = outcome if isinstance(outcome, dict) else {self.objectives[0]: outcome}
-        trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if _plain(v)})
+        for key, value in metrics.items():  # one attribute per metric: optuna-dashboard sorts and filters by them
+            if _plain(value) and value is not None and key not in RESERVED:
+                trial.set_user_attr(key, value)
         if hook.pruned_at is not None:
             return _tell(study, trial, state=TrialState.PRUNED)
         values = [metrics.get(m) for m in self.objectives]
