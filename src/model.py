@@ -7,8 +7,10 @@ import keras
 
 from src.errors import UserError
 
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-              "rmsprop": keras.optimizers.RMSprop}
+# Every Keras optimizer by its lower-case class name: adam, adamw, nadam, sgd, rmsprop, lion, ...
+OPTIMIZERS = {name.lower(): cls for name, cls in vars(keras.optimizers).items()
+              if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)
+              and name not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")}
 
 
 def hidden_widths(units: int, layers: int, widths: list[int] | None) -> list[int]:
@@ -48,8 +50,19 @@ def build_model(model: Any, n_inputs: int, n_classes: int) -> keras.Sequential:
 
 
 def build_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
-    """The Keras optimizer named by `optimizer.name`, with `lr` as its learning rate and the rest as its knobs."""
-    knobs = {k: v for k, v in optimizer.items() if k not in {"name", "lr"}}
-    if optimizer.name not in OPTIMIZERS:
-        raise UserError(f"optimizer.name={optimizer.name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[optimizer.name](learning_rate=optimizer.lr, **knobs)
+    """The Keras optimizer `optimizer.name` (any Keras optimizer, by lower-case class name) or `_target_` (any
+    optimizer class, a user's too), with `lr` as its learning rate and the other keys as its knobs."""
+    knobs = {k: v for k, v in optimizer.items() if k not in {"name", "lr", "_target_"}}
+    if "_target_" in optimizer:
+        from hydra.utils import get_class
+
+        make = get_class(optimizer["_target_"])
+    elif str(optimizer.name).lower() in OPTIMIZERS:
+        make = OPTIMIZERS[str(optimizer.name).lower()]
+    else:
+        raise UserError(f"optimizer.name={optimizer.name!r}; allowed: {', '.join(sorted(OPTIMIZERS))}, "
+                        f"or optimizer._target_=CLASS")
+    try:
+        return make(learning_rate=optimizer.lr, **knobs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"optimizer {optimizer.get('_target_', optimizer.name)}: {str(e).splitlines()[0]}") from None

@@ -19,6 +19,7 @@ from src.backend import quiet_native_start  # noqa: E402
 with quiet_native_start():  # and its start-up banner, once per process
     import keras  # noqa: E402
 import pandas as pd  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
 
 from src.config import check as check_config  # noqa: E402
 from src.data import check_classes, load  # noqa: E402
@@ -48,6 +49,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
 
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(),
                                                  _Validate(data.x_val, data.y_val, eval_batch_size)]
+    callbacks += [instantiate(block) for block in cfg.trainer.get("callbacks") or []]  # e.g. EarlyStopping
     if on_epoch is not None:
         callbacks.append(_StopWhen(on_epoch))
     fit = model.fit(data.x_train, data.y_train, epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
@@ -75,6 +77,8 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
         metrics["test_loss"], metrics["test_accuracy"] = round(test_loss, 6), round(test_accuracy, 6)
         log.info(f"Test loss: {metrics['test_loss']:.3f} - test accuracy: {metrics['test_accuracy']:.1%} "
                  f"({len(data.x_test)} test images)")
+    if cfg.trainer.get("save_model"):
+        model.save(out_dir / "model.keras")
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     write_json(out_dir / "metrics.json", metrics)

@@ -63,6 +63,7 @@ def test_quick_sweep_writes_every_table(tmp_path, quick_sweep):
     assert best["trial"] == board["number"].iloc[0] and best["val_accuracy"] == board["value"].iloc[0]
     assert best["config"]["model"]["units"] == best["params"]["model.units"]
     assert 0.5 < best["test"]["test_accuracy"] <= 1 and best["test"]["trial"] == best["trial"]
+    assert (out / "best" / "model.keras").is_file()  # the replay saves the winner
     assert "sweep=" not in best["command"]
     info = yaml.safe_load((out / "study.yaml").read_text())
     assert info["n_trials"] == 6 and info["search_space"]["model.units"] == "int in [8, 64], log"

@@ -105,3 +105,25 @@ def test_jax_backend_trains_the_same_network(tmp_path, data_dir):
     _, out = train(tmp_path, "trainer.backend=jax", "data.n_train=3000", "trainer.verbose=0", name="jax")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["param_count"] == 7993 and metrics["val_accuracy"] > 0.85 and metrics["test_accuracy"] > 0.85
+
+
+def test_any_keras_optimizer_by_name_or_target(tmp_path, data_dir):
+    _, out = train(tmp_path, "optimizer.name=nadam", "data.n_train=600", "trainer.verbose=0", name="nadam")
+    assert json.loads((out / "metrics.json").read_text())["val_accuracy"] > 0.5
+    _, out = train(tmp_path, "+optimizer._target_=keras.optimizers.AdamW", "+optimizer.weight_decay=0.001",
+                   "data.n_train=600", "trainer.verbose=0", name="adamw")
+    assert json.loads((out / "metrics.json").read_text())["val_accuracy"] > 0.5
+    result, _ = train(tmp_path, "optimizer.name=adamm", name="bad", expect=2)
+    assert "optimizer.name='adamm'; allowed: adadelta, adafactor" in error_lines(result)[0]
+
+
+def test_callbacks_from_config_take_effect_and_the_model_is_saved(tmp_path, data_dir):
+    log = tmp_path / "epochs.csv"
+    callbacks = ("trainer.callbacks=[{_target_:keras.callbacks.EarlyStopping,monitor:val_loss,patience:0},"
+                 f"{{_target_:keras.callbacks.CSVLogger,filename:'{log}'}}]")
+    _, out = train(tmp_path, callbacks, "trainer.epochs=40", "data.n_train=600", "optimizer.lr=0.03",
+                   "trainer.save_model=true", "trainer.verbose=0")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] < 40  # EarlyStopping stopped it
+    assert len(pd.read_csv(log)) == metrics["epochs"] == len(pd.read_csv(out / "history.csv"))  # CSVLogger wrote
+    assert (out / "model.keras").stat().st_size > 10_000
