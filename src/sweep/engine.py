@@ -49,7 +49,6 @@ class Sweep:
     runner: Runner
     task_config: DictConfig
     started: datetime
-    live: bool = False  # a worker writing to a terminal alone: live lines during trials
 
     @property
     def objectives(self) -> list[str]:
@@ -79,9 +78,11 @@ def writing(folder: Path) -> Iterator[None]:
 def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
         config: DictConfig, arguments: list[str]) -> None:
     """The whole command; every error message leaves with the storage password masked."""
-    storage = studies.Storage(settings.storage or "", settings.heartbeat_interval, settings.grace)
+    folder = Path(config.hydra.sweep.dir).absolute()
+    storage = studies.Storage(settings.storage or f"sqlite:///{folder / 'study.db'}",
+                              settings.heartbeat_interval, settings.grace)
     try:
-        _run(settings, hydra_context, task_function, config, arguments)
+        _run(settings, hydra_context, task_function, config, arguments, folder, storage)
     except UserError as e:
         raise UserError(storage.mask(str(e))) from None
     except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:  # the storage failed mid-way
@@ -91,15 +92,12 @@ def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: T
 
 
 def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
-         config: DictConfig, arguments: list[str]) -> None:
+         config: DictConfig, arguments: list[str], folder: Path, storage: studies.Storage) -> None:
     launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
     if launcher != "basic":
         raise UserError(f"hydra/launcher={launcher} is not used: the keras_optuna sweeper runs its trials in its own "
                         f"worker processes; use hydra.sweeper.n_workers (here) or the same command on more machines")
     space = parse(settings.params, arguments)
-    folder = Path(config.hydra.sweep.dir).absolute()
-    storage = studies.Storage(settings.storage or f"sqlite:///{folder / 'study.db'}",
-                              settings.heartbeat_interval, settings.grace)
     budget = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
     runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder, storage.mask,
                     extend=get_method(settings.custom_search_space) if settings.custom_search_space else None)
@@ -183,9 +181,8 @@ def _check_folder(folder: Path, name: str, trials: list[Any]) -> None:
 
 def needs_replay(sweep: Sweep, study: optuna.Study) -> bool:
     """Whether the best trial still lacks its one replay on the test set."""
-    best = studies.best_trial(study)
-    done = study.user_attrs.get("best_test")
-    return bool(sweep.settings.test_overrides) and best is not None and not (done and done.get("trial") == best.number)
+    return bool(sweep.settings.test_overrides) and studies.best_trial(study) is not None \
+        and studies.best_test(study) is None
 
 
 def plan_workers(requested: int, budget: int, trials: list[Any], name: str, replay: bool) -> int:
@@ -212,7 +209,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
     if s.worker_init:
         get_method(s.worker_init)(sweep.task_config)
     study = sweep.open()
-    sweep.runner.live = sweep.live = s.n_workers == 1 and sys.stdout.isatty()
+    sweep.runner.live = s.n_workers == 1 and sys.stdout.isatty()
     unclaimed = studies.Unclaimed(s.grace)
     ran = 0
     while True:
@@ -252,7 +249,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
                 sweep.runner.run_trial(study, trial, s.pruning)
             finally:
                 sweep.write_tables(study)
-        progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started, sweep.live)
+        progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started, sweep.runner.live)
 
 
 def give_back(sweep: Sweep, owner: str, reason: str) -> None:
@@ -271,9 +268,7 @@ def give_back(sweep: Sweep, owner: str, reason: str) -> None:
 def finish(sweep: Sweep) -> None:
     """After every worker has exited: final tables with importance, best.yaml, the summary."""
     study = sweep.open()
-    best = studies.best_trial(study)
-    test = study.user_attrs.get("best_test")
-    test = test if best is not None and test and test.get("trial") == best.number else None
+    best, test = studies.best_trial(study), studies.best_test(study)
     sweep.write_tables(study, importance=True)
     if best is not None:
         with writing(sweep.folder):

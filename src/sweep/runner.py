@@ -119,8 +119,8 @@ class Runner:
         best = studies.best_trial(study)
         if best is None or not test_overrides:
             return None
-        done = study.user_attrs.get("best_test")
-        if done and done.get("trial") == best.number:
+        done = studies.best_test(study)
+        if done is not None:
             return done
         overrides = self.space.overrides(best.params) + list(test_overrides)
         print(f"replaying best trial #{best.number} on the test set: {' '.join(overrides)}", flush=True)

@@ -243,8 +243,7 @@ def within_budget(trials: list[FrozenTrial], number: int, budget: int) -> bool:
 
 def failures_since(trials: list[FrozenTrial], started: Any) -> list[FrozenTrial]:
     """Counted failed trials that started at or after `started` (this run's failures)."""
-    return [t for t in trials if t.state == TrialState.FAIL and counts(t)
-            and t.datetime_start and t.datetime_start >= started]
+    return [t for t in finished_since(trials, started) if t.state == TrialState.FAIL]
 
 
 def finished_since(trials: list[FrozenTrial], started: Any) -> list[FrozenTrial]:
@@ -305,6 +304,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     return max(candidates, key=lambda t: (sign * t.values[0], -t.number))
+
+
+def best_test(study: optuna.Study) -> dict[str, Any] | None:
+    """The test score recorded by the best trial's replay, if the current best trial has been replayed."""
+    best, test = best_trial(study), study.user_attrs.get("best_test")
+    return test if best is not None and test and test.get("trial") == best.number else None
 
 
 # --- adapter: the private Optuna attributes this project uses, and why ---------------------------------
