@@ -34,7 +34,9 @@ def reference_trials(repeats: int, backend: str, extra: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
     from src.backend import use_backend
+    from src.schema import register
 
+    register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", REFERENCE + [f"trainer.backend={backend}"] + extra)
     use_backend(backend)

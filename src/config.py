@@ -2,15 +2,18 @@
 before any training (by `src.train` and by the sweeper for every value its search can choose)."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from src.backend import BACKENDS
 from src.data import check_classes
 from src.errors import UserError
+from src.schema import check_keys
 
 
 def check(cfg: Any) -> None:
     """Raise a one-line `UserError` naming the first bad value and what is allowed."""
+    check_keys(cfg)
     for key in ("epochs", "batch_size", "eval_batch_size"):
         _positive_int(f"trainer.{key}", cfg.trainer[key])
     spe = cfg.trainer.steps_per_execution
@@ -21,10 +24,12 @@ def check(cfg: Any) -> None:
     lr = cfg.optimizer.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise UserError(f"optimizer.lr={lr!r}: the learning rate must be a number > 0")
-    dropout = cfg.model.dropout
+    dropout = cfg.model.get("dropout", 0.0)  # a user's model (model._target_) may have none
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise UserError(f"model.dropout={dropout!r}: must be in [0, 1)")
     check_classes(cfg.data.classes)
+    if cfg.trainer.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("trainer.tensorboard=true needs TensorBoard: pip install -e '.[tensorboard]'")
 
 
 def _positive_int(key: str, value: Any, allowed: str = "use an integer >= 1") -> None:

@@ -34,7 +34,23 @@ def check_activation(name: str) -> str:
     return name
 
 
-def build_model(model: Any, n_inputs: int, n_classes: int) -> keras.Sequential:
+def build_model(model: Any, n_inputs: int, n_classes: int) -> keras.Model:
+    """The network `model` describes: a user's `_target_` function `(cfg, n_inputs, n_classes) -> keras.Model`
+    called with the model config, else the lesson's dense net."""
+    if "_target_" not in model:
+        return dense_net(model, n_inputs, n_classes)
+    from hydra.utils import get_method
+
+    try:
+        built = get_method(model._target_)(model, n_inputs, n_classes)
+    except ImportError as e:  # hydra's message: "Error loading 'x':", then the import error
+        raise UserError(f"model._target_={model._target_!r} cannot be imported: {str(e).splitlines()[-2:][0]}") from None
+    if not isinstance(built, keras.Model):
+        raise UserError(f"model._target_={model._target_!r} returned {type(built).__name__}; it must return a keras.Model")
+    return built
+
+
+def dense_net(model: Any, n_inputs: int, n_classes: int) -> keras.Sequential:
     """The `Sequential` network the lesson builds, with widths, activation and dropout from `model`."""
     widths = hidden_widths(model.units, model.layers, model.widths)
     activation = check_activation(model.activation)
@@ -42,16 +58,21 @@ def build_model(model: Any, n_inputs: int, n_classes: int) -> keras.Sequential:
         raise UserError(f"model.dropout={model.dropout}: must be in [0, 1)")
     layers: list[keras.layers.Layer] = [keras.Input(shape=(n_inputs,))]
     for width in widths:
-        layers.append(keras.layers.Dense(width, activation=activation))
+        if model.get("batch_norm"):  # Dense, then normalise, then the activation
+            layers += [keras.layers.Dense(width, use_bias=False), keras.layers.BatchNormalization(),
+                       keras.layers.Activation(activation)]
+        else:
+            layers.append(keras.layers.Dense(width, activation=activation))
         if model.dropout > 0:
             layers.append(keras.layers.Dropout(model.dropout))
     layers.append(keras.layers.Dense(n_classes, activation="softmax"))
     return keras.Sequential(layers)
 
 
-def build_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
+def build_optimizer(optimizer: Any, schedule: str = "constant", total_steps: int = 1) -> keras.optimizers.Optimizer:
     """The Keras optimizer `optimizer.name` (any Keras optimizer, by lower-case class name) or `_target_` (any
-    optimizer class, a user's too), with `lr` as its learning rate and the other keys as its knobs."""
+    optimizer class, a user's too), with `lr` as its learning rate (`schedule` cosine: decayed to 0 over
+    `total_steps` batches) and the other keys as its knobs."""
     knobs = {k: v for k, v in optimizer.items() if k not in {"name", "lr", "_target_"}}
     if "_target_" in optimizer:
         from hydra.utils import get_class
@@ -62,7 +83,52 @@ def build_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
     else:
         raise UserError(f"optimizer.name={optimizer.name!r}; allowed: {', '.join(sorted(OPTIMIZERS))}, "
                         f"or optimizer._target_=CLASS")
+    lr = optimizer.lr
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(initial_learning_rate=lr, decay_steps=max(total_steps, 1))
+    elif schedule != "constant":
+        raise UserError(f"trainer.lr_schedule={schedule!r}; allowed: constant, cosine")
     try:
-        return make(learning_rate=optimizer.lr, **knobs)
+        return make(learning_rate=lr, **knobs)
     except (TypeError, ValueError) as e:
         raise UserError(f"optimizer {optimizer.get('_target_', optimizer.name)}: {str(e).splitlines()[0]}") from None
+
+
+def build_loss(loss: Any) -> Any:
+    """`trainer.loss`: a Keras loss name (categorical_crossentropy, the lesson's) or a `_target_` block,
+    e.g. `{_target_: keras.losses.CategoricalCrossentropy, label_smoothing: 0.1}`."""
+    if not isinstance(loss, str):
+        return _instantiate("trainer.loss", loss)
+    try:
+        return keras.losses.get(loss)
+    except ValueError:
+        raise UserError(f"trainer.loss={loss!r} is not a Keras loss; use a name such as categorical_crossentropy "
+                        f"or a _target_ block") from None
+
+
+def build_metrics(names: Any) -> list[keras.metrics.Metric]:
+    """`trainer.metrics` as fresh metric objects, accuracy first and always (the sweep scores val_accuracy):
+    names (`accuracy` is categorical accuracy, as Keras's compile reads it for one-hot labels) or `_target_` blocks."""
+    metrics: list[keras.metrics.Metric] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    for spec in names or []:
+        if spec in ("accuracy", "acc"):
+            continue
+        if not isinstance(spec, str):
+            metrics.append(_instantiate("trainer.metrics", spec))
+            continue
+        try:
+            found = keras.metrics.get(spec)
+        except ValueError:
+            raise UserError(f"trainer.metrics: {spec!r} is not a Keras metric") from None
+        metrics.append(found if isinstance(found, keras.metrics.Metric) else keras.metrics.MeanMetricWrapper(found, name=spec))
+    return metrics
+
+
+def _instantiate(key: str, block: Any) -> Any:
+    """A `_target_` block made by Hydra, its errors as one line naming the key."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(block)
+    except Exception as e:  # Hydra wraps import and constructor errors alike
+        raise UserError(f"{key}: cannot make {dict(block)}: {str(e).splitlines()[0]}") from None

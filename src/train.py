@@ -7,6 +7,9 @@ from omegaconf import DictConfig
 
 from src.backend import use_backend
 from src.errors import exit_on_user_error
+from src.schema import register
+
+register()  # the config groups' typed schemas, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

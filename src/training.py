@@ -24,7 +24,7 @@ from hydra.utils import instantiate  # noqa: E402
 from src.config import check as check_config  # noqa: E402
 from src.data import check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
-from src.model import build_model, build_optimizer  # noqa: E402
+from src.model import build_loss, build_metrics, build_model, build_optimizer  # noqa: E402
 from src.files import write_csv, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,19 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     keras.backend.clear_session(free_memory=False)  # drop the previous run's models; a full gc costs ~0.4 s
     keras.utils.set_random_seed(cfg.trainer.seed)
     model = build_model(cfg.model, n_inputs=28 * 28, n_classes=len(check_classes(cfg.data.classes)))
-    optimizer = build_optimizer(cfg.optimizer)
     data = load(cfg.data)
-    eval_batch_size = cfg.trainer.eval_batch_size
-    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"],
+    total_steps = cfg.trainer.epochs * math.ceil(len(data.x_train) / cfg.trainer.batch_size)
+    optimizer = build_optimizer(cfg.optimizer, cfg.trainer.get("lr_schedule", "constant"), total_steps)
+    loss = build_loss(cfg.trainer.loss)
+    model.compile(optimizer=optimizer, loss=loss, metrics=build_metrics(cfg.trainer.metrics),
                   steps_per_execution=steps_per_execution(cfg.trainer, len(data.x_train)))
+    scorer = Scorer(loss, build_metrics(cfg.trainer.metrics), cfg.trainer.eval_batch_size)
 
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(),
-                                                 _Validate(data.x_val, data.y_val, eval_batch_size)]
+                                                 _Validate(scorer, data.x_val, data.y_val)]
+    if cfg.trainer.get("tensorboard"):  # after _Validate: val_* reach the event files
+        from src.tracking import tensorboard_callbacks
+        callbacks += tensorboard_callbacks(cfg, out_dir)
     callbacks += [instantiate(block) for block in cfg.trainer.get("callbacks") or []]  # e.g. EarlyStopping
     if on_epoch is not None:
         callbacks.append(_StopWhen(on_epoch))
@@ -72,9 +77,10 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
         write_json(out_dir / "metrics.json", {**metrics, "error": "diverged"})
         raise UserError(f"diverged: the loss became NaN in epoch {len(history)} "
                         f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
+    metrics.update({f"val_{name}": float(last[f"val_{name}"]) for name in scorer.names if name != "accuracy"})
     if cfg.trainer.test:
-        test_loss, test_accuracy = score(model, data.x_test, data.y_test, eval_batch_size)
-        metrics["test_loss"], metrics["test_accuracy"] = round(test_loss, 6), round(test_accuracy, 6)
+        tested = scorer(model, data.x_test, data.y_test)
+        metrics.update({f"test_{name}": round(value, 6) for name, value in tested.items()})
         log.info(f"Test loss: {metrics['test_loss']:.3f} - test accuracy: {metrics['test_accuracy']:.1%} "
                  f"({len(data.x_test)} test images)")
     if cfg.trainer.get("save_model"):
@@ -99,30 +105,41 @@ def steps_per_execution(trainer: Any, n_train: int) -> int:
     return trainer.steps_per_execution
 
 
-def score(model: keras.Model, x: Any, y: Any, batch_size: int) -> tuple[float, float]:
-    """Categorical cross-entropy and accuracy of `model` on (x, y), as Keras's evaluate computes them,
-    but run eagerly in slices of `batch_size`: for networks this small, tracing a compiled evaluation
-    step each trial costs more than the arithmetic (about 0.3 s of a 1.5 s quick trial)."""
-    loss = correct = 0.0
-    for start in range(0, len(x), batch_size):
-        y_true, y_pred = y[start:start + batch_size], model(x[start:start + batch_size], training=False)
-        loss += float(keras.ops.sum(keras.losses.categorical_crossentropy(y_true, y_pred)))
-        correct += float(keras.ops.sum(keras.ops.argmax(y_pred, axis=-1) == keras.ops.argmax(y_true, axis=-1)))
-    return loss / len(x), correct / len(x)
+class Scorer:
+    """Loss and metrics of a model on (x, y), as Keras's evaluate computes them, but run eagerly in
+    slices of `batch_size`: for networks this small, tracing a compiled evaluation step each trial
+    costs more than the arithmetic (about 0.3 s of a 1.5 s quick trial)."""
+
+    def __init__(self, loss: Any, metrics: list[keras.metrics.Metric], batch_size: int) -> None:
+        self.loss, self.metrics, self.batch_size = loss, metrics, batch_size
+        self.names = [m.name for m in metrics]
+
+    def __call__(self, model: keras.Model, x: Any, y: Any) -> dict[str, float]:
+        """{"loss": ..., "accuracy": ..., other metric names: ...}; the loss includes weight penalties."""
+        for metric in self.metrics:
+            metric.reset_state()
+        total = 0.0
+        for start in range(0, len(x), self.batch_size):
+            y_true, y_pred = y[start:start + self.batch_size], model(x[start:start + self.batch_size], training=False)
+            total += float(keras.ops.mean(self.loss(y_true, y_pred))) * len(y_true)
+            for metric in self.metrics:
+                metric.update_state(y_true, y_pred)
+        penalty = sum(float(p) for p in model.losses)
+        return {"loss": total / len(x) + penalty, **{m.name: float(m.result()) for m in self.metrics}}
 
 
 class _Validate(keras.callbacks.Callback):
-    """Adds val_loss and val_accuracy to each epoch's logs, before the pruning hook, History and the
-    progress bar read them (Keras calls callbacks in list order, its own last)."""
+    """Adds val_loss, val_accuracy and each other val_<metric> to each epoch's logs, before the pruning
+    hook, History and the progress bar read them (Keras calls callbacks in list order, its own last)."""
 
-    def __init__(self, x: Any, y: Any, batch_size: int) -> None:
+    def __init__(self, scorer: Scorer, x: Any, y: Any) -> None:
         super().__init__()
-        self.x, self.y, self.batch_size = x, y, batch_size
+        self.scorer, self.x, self.y = scorer, x, y
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if logs is not None:
-            loss, accuracy = score(self.model, self.x, self.y, self.batch_size)
-            logs["val_accuracy"], logs["val_loss"] = accuracy, loss  # the column order Keras's own gives
+            scores = self.scorer(self.model, self.x, self.y)
+            logs.update({f"val_{name}": value for name, value in reversed(scores.items())})  # Keras's column order
 
 
 class _StopWhen(keras.callbacks.Callback):

@@ -7,6 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from src.errors import UserError
+from src.schema import register
+
+register()
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))

@@ -22,7 +22,7 @@ def api(app, path: str, query: str = "") -> dict:
 
 def test_dashboard_sorts_by_each_metric_and_draws_learning_curves(tmp_path, data_dir):
     out = tmp_path / "dash"
-    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "data.n_train=600",
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600",
             "trainer.epochs=3", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
             "hydra.sweeper.pruner=none")
     app = wsgi(f"sqlite:///{out / 'study.db'}")

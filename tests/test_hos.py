@@ -32,7 +32,7 @@ def test_a_hos_sweep_file_runs_with_a_conditional_custom_space(tmp_path, data_di
 
 def test_nsga2_on_two_objectives_from_a_target_block(tmp_path, data_dir):
     out = tmp_path / "nsga"
-    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "data.n_train=600",
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600",
             "trainer.epochs=1", "model.units=int(interval(4,64))", "hydra.sweeper.n_trials=4",
             "hydra.sweeper.sampler={_target_:optuna.samplers.NSGAIISampler,population_size:2,seed:3}",
             "hydra.sweeper.objectives=[val_accuracy,param_count]", "hydra.sweeper.direction=[maximize,minimize]")

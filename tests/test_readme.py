@@ -26,7 +26,7 @@ def test_readme_fences_are_known():
 def test_readme_commands_run_as_written(tmp_path, data_dir):
     """A copy of the project beside a `shared/` folder, as on a fresh clone; the project's venv linked in."""
     main = tmp_path / "work" / "main"
-    for part in ("src", "conf", "sweeps", "hydra_plugins"):
+    for part in ("src", "conf", "sweeps", "hydra_plugins", "examples"):
         shutil.copytree(ROOT / part, main / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     (main / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "work" / "shared" / "datasets").mkdir(parents=True)
@@ -37,7 +37,8 @@ def test_readme_commands_run_as_written(tmp_path, data_dir):
     assert result.returncode == 0, f"STDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-3000:]}"
     assert "train one Keras dense network" in result.stdout and "an Optuna search" in result.stdout
     best = yaml.safe_load((main / "outputs/sweeps/quick/best.yaml").read_text())
-    assert best["test"]["test_accuracy"] > 0.5
+    assert best["test"]["test_accuracy"] > 0.5 and best["test"]["seeds"] == 2  # confirmed: the winner, per seed
+    assert "confirmed over 2 seeds" in result.stdout
     assert (main / "outputs/sweeps/wide/trials.csv").is_file() and (main / "outputs/sweeps/quick/report.html").is_file()
     assert "Best of each sweep" in result.stdout and "| model.activation |" in result.stdout
-    assert len(list((main / "outputs/runs").iterdir())) == 3
+    assert len(list((main / "outputs/runs").iterdir())) == 4

@@ -19,7 +19,7 @@ import yaml
 from conftest import ROOT, error_lines, run_cli
 
 # A tiny search: few images, few epochs, nothing from a sweep definition but what the test passes.
-TINY = ["hydra.sweeper.params=null", "data.n_train=600", "trainer.epochs=2"]
+TINY = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600", "trainer.epochs=2"]
 
 
 def sweep(folder, *overrides, expect=0):

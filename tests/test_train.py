@@ -15,7 +15,9 @@ METRICS = {"val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train
 
 
 def train(tmp_path, *overrides, name="run", expect=0):
-    result = run_cli("train", f"hydra.run.dir={tmp_path / name}", *overrides, expect=expect)
+    flags = [o for o in overrides if o.startswith("--")]  # Hydra's flags go before the overrides
+    result = run_cli("train", *flags, f"hydra.run.dir={tmp_path / name}", *(o for o in overrides if o not in flags),
+                     expect=expect)
     return result, tmp_path / name
 
 
@@ -127,3 +129,36 @@ def test_callbacks_from_config_take_effect_and_the_model_is_saved(tmp_path, data
     assert metrics["epochs"] < 40  # EarlyStopping stopped it
     assert len(pd.read_csv(log)) == metrics["epochs"] == len(pd.read_csv(out / "history.csv"))  # CSVLogger wrote
     assert (out / "model.keras").stat().st_size > 10_000
+
+
+def test_unknown_keys_and_wrong_types_are_refused(tmp_path):
+    result, _ = train(tmp_path, "+model.unit=32", name="plus", expect=2)  # Hydra appends it; the schema check refuses
+    assert error_lines(result) == ["error: model.unit is not a model setting; allowed: units, layers, widths, activation, "
+                                   "dropout, batch_norm"]
+    result, _ = train(tmp_path, "trainer.epochs=abc", name="type", expect=1)  # refused by Hydra when composing
+    assert "Value 'abc' of type 'str' could not be converted to Integer" in result.stderr
+    assert "full_key: trainer.epochs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_users_model_by_target(tmp_path, data_dir):
+    _, out = train(tmp_path, f"--config-dir={ROOT / 'examples' / 'conf'}", "model=cnn", "model.filters=4",
+                   "data.n_train=600", "trainer.verbose=0", name="cnn")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["param_count"] == (3 * 3 * 4 + 4) + (13 * 13 * 4 * 3 + 3)  # conv, then pooled 13x13x4 -> dense 3
+    assert metrics["val_accuracy"] > 0.5
+    result, _ = train(tmp_path, f"--config-dir={ROOT / 'examples' / 'conf'}", "model=cnn",
+                      "model._target_=examples.models.nope", name="bad", expect=2)
+    assert "model._target_='examples.models.nope' cannot be imported" in error_lines(result)[0]
+
+
+def test_loss_and_metrics_from_config(tmp_path, data_dir):
+    _, out = train(tmp_path, "trainer.loss={_target_:keras.losses.CategoricalCrossentropy,label_smoothing:0.2}",
+                   "trainer.metrics=[accuracy,top_k_categorical_accuracy]", "data.n_train=600", "trainer.verbose=0")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_top_k_categorical_accuracy"] == metrics["test_top_k_categorical_accuracy"] == 1.0  # top 5 of 3
+    history = pd.read_csv(out / "history.csv")
+    assert {"top_k_categorical_accuracy", "val_top_k_categorical_accuracy", "val_accuracy"} <= set(history.columns)
+    # smoothed targets: even a perfect prediction keeps a loss above -(0.8+0.2/3) log(0.8+0.2/3) - ... > 0.4
+    assert metrics["val_loss"] > 0.4 and metrics["val_accuracy"] > 0.7
+    result, _ = train(tmp_path, "trainer.loss=crossentropyy", name="bad", expect=2)
+    assert "trainer.loss='crossentropyy' is not a Keras loss" in error_lines(result)[0]

@@ -24,6 +24,7 @@ class SweepRecord:
     trials: pd.DataFrame              # trials.csv, with a `sweep` column first
     study: dict = field(default_factory=dict)
     best: dict = field(default_factory=dict)
+    confirm: pd.DataFrame | None = None   # confirm.csv: the top k retrained with further seeds
 
     @property
     def objectives(self) -> dict[str, str]:
@@ -82,7 +83,8 @@ def read(path: str | Path) -> SweepRecord:
     folder = csv.parent
     name = folder.name if folder.name not in ("", ".") else folder.resolve().name
     trials.insert(0, "sweep", name)
-    return SweepRecord(name, folder, trials, _yaml(folder / "study.yaml"), _yaml(folder / "best.yaml"))
+    confirm = pd.read_csv(folder / "confirm.csv") if (folder / "confirm.csv").is_file() else None
+    return SweepRecord(name, folder, trials, _yaml(folder / "study.yaml"), _yaml(folder / "best.yaml"), confirm)
 
 
 def _yaml(path: Path) -> dict:

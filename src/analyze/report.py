@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from src.analyze.record import SweepRecord
-from src.analyze.tables import cell, effects, markdown, state_counts, top_trials
+from src.analyze.tables import cell, effects, flag_gaps, markdown, noise, seed_noise, state_counts, top_trials
 from src.files import write_text
 
 Block = Union[str, pd.DataFrame, Path, tuple]  # text (with `code` spans), table, image, ("code", text)
@@ -52,7 +52,18 @@ def sections(record: SweepRecord, images: list[Path]) -> list[tuple[str, list[Bl
     else:
         answer.append("No trial completed.")
 
+    sigma = noise(record)
+    if sigma is not None:
+        confirmed, held = best.get("confirmed") or {}, (best.get("confirmed") or {}).get("held")
+        answer += [f"Confirmed over seeds: the top {len(seed_noise(record))} configurations were retrained with "
+                   f"further seeds and the best mean won. The single-run ranking "
+                   + ("held: the winner was also the best single run." if held else
+                      f"did not hold: the best single run was #{confirmed.get('single_best')}.")
+                   + f" Seed noise of one run: std {sigma:.4f}.", seed_noise(record)]
+
     top = top_trials(record, 10).drop(columns="sweep")
+    if sigma is not None:
+        top = flag_gaps(top, record.value, sigma)
     complete = int((trials["state"] == "COMPLETE").sum())
     evidence: list[Block] = [state_counts(trials, ["sweep"]).drop(columns="sweep")]
     if len(top):

@@ -16,6 +16,37 @@ def top_trials(record: SweepRecord, n: int, trials: pd.DataFrame | None = None) 
     return rank(trials, record.value, record.maximize).head(n)[columns]
 
 
+def seed_noise(record: SweepRecord) -> pd.DataFrame:
+    """Each confirmed configuration's objective over seeds (the search run and the further ones): runs,
+    mean, std, its single-run rank and its rank by mean; the winner is the best mean."""
+    rows = record.confirm[(record.confirm["run"] != "test") & (record.confirm["state"] == "COMPLETE")]
+    stats = rows.groupby("config")[record.objective].agg(["count", "mean", "std", "min", "max"]).reset_index()
+    single = rows[rows["run"] == "search"].set_index("config")[record.objective]
+    stats["single_run"] = stats["config"].map(single)
+    stats["single_rank"] = stats["single_run"].rank(ascending=not record.maximize, method="first").astype(int)
+    stats = stats.sort_values("mean", ascending=not record.maximize, kind="stable")
+    stats.insert(0, "rank", range(1, len(stats) + 1))
+    tested = record.confirm[record.confirm["run"] == "test"]
+    if len(tested):
+        test = tested.groupby("config")["test_accuracy"].agg(["mean", "std"])
+        stats["test_mean"], stats["test_std"] = stats["config"].map(test["mean"]), stats["config"].map(test["std"])
+    return stats.rename(columns={"config": "trial", "count": "runs"})
+
+
+def noise(record: SweepRecord) -> float | None:
+    """The seed noise of one run: the pooled standard deviation of the confirmed configurations."""
+    if record.confirm is None:
+        return None
+    stds = seed_noise(record)["std"].dropna()
+    return float((stds ** 2).mean() ** 0.5) if len(stds) else None
+
+
+def flag_gaps(board: pd.DataFrame, value: str, sigma: float) -> pd.DataFrame:
+    """The leaderboard with each trial's gap to the next and whether that gap is within one run's seed noise."""
+    gap = (board[value] - board[value].shift(-1)).abs()
+    return board.assign(gap_to_next=gap, within_noise=(gap < sigma).where(gap.notna()))
+
+
 def state_counts(trials: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     counts = trials.groupby(by + ["state"]).size().unstack("state", fill_value=0)
     counts = counts.reindex(columns=[s for s in STATES if s in counts.columns])
@@ -90,7 +121,13 @@ def summary(records: list[SweepRecord], top: int, by: str | None, fmt: str) -> s
                  else top_trials(record, top))
         if record.test.get("test_accuracy") is not None:
             board = board.assign(test_accuracy=board["number"].map({record.best["trial"]: record.test["test_accuracy"]}))
+        sigma = noise(record)
+        if sigma is not None and not by:
+            board = flag_gaps(board, record.value, sigma)
         sections.append(render(f"{record.name}: top {top} trials" + (f" by {by}" if by else ""), board, fmt))
+        if sigma is not None:
+            sections.append(render(f"{record.name}: confirmed over seeds (seed noise of one run: std {sigma:.4f}; "
+                                   f"gaps below it are luck)", seed_noise(record), fmt))
         sections.append(render(f"{record.name}: trials by state", state_counts(group, [by] if by else ["sweep"]), fmt))
         sections.append(render(f"{record.name}: {record.objective} by parameter", effects(record, by), fmt))
     return "\n".join(sections)

@@ -11,7 +11,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from src.schema import register
 from src.sweep import task
+
+register()  # the config groups' typed schemas, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from src.config import check as check_config
 from src.errors import UserError
-from src.sweep import progress, results, workers
+from src.sweep import confirm, progress, results, tracking, workers
 from src.sweep import study as studies
 from src.sweep.pruning import make_pruner
 from src.sweep.runner import Runner
@@ -99,22 +99,27 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
                         f"worker processes; use hydra.sweeper.n_workers (here) or the same command on more machines")
     space = parse(settings.params, arguments)
     budget = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
-    runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder, storage.mask,
+    mask = tracking.mask_also(settings.mlflow.tracking_uri, storage.mask) if settings.mlflow.tracking_uri else storage.mask
+    runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder, mask,
                     extend=get_method(settings.custom_search_space) if settings.custom_search_space else None)
     if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
     sweep = Sweep(settings, space, settings.study_name or "sweep", storage, folder, budget, runner,
-                  task_config=validate(runner, space), started=datetime.now())
+                  task_config=validate(runner, space, settings.confirm.top_k > 0), started=datetime.now())
 
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
+    if settings.mlflow.tracking_uri:  # each finished trial as an MLflow run (e.g. sqlite:///<sweep dir>/mlflow.db)
+        runner.on_told = logger = tracking.MlflowLogger(settings.mlflow, sweep.name, mask)
+        logger.prepare()
     study = sweep.open()
     studies.check_space(study, {k: results.describe(d) for k, d in space.distributions.items()}, space.fixed)
     trials = study.get_trials(deepcopy=False)
     _check_folder(folder, sweep.name, trials)
     with writing(folder):
         results.write_study_info(folder / "study.yaml", sweep.name, storage.display, settings, space, budget)
-    n_workers = plan_workers(settings.n_workers, budget, trials, sweep.name, needs_replay(sweep, study))
+    n_workers = plan_workers(settings.n_workers, budget, trials, sweep.name, needs_replay(sweep, study),
+                             confirming=settings.confirm.top_k > 0 and not confirm.finished(sweep))
     studies.close(study)  # no connection crosses the fork
     del study
 
@@ -140,7 +145,7 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
     finish(sweep)
 
 
-def validate(runner: Runner, space: SearchSpace) -> DictConfig:
+def validate(runner: Runner, space: SearchSpace, runner_confirms: bool = False) -> DictConfig:
     """Compose the trial config at every choice and at both ends of every range, and check each, so a bad
     key or a value that can only fail stops the sweep before any trial. Returns one (for warm-up)."""
     def ends(dist: Any) -> list[Any]:
@@ -159,6 +164,8 @@ def validate(runner: Runner, space: SearchSpace) -> DictConfig:
         try:
             if "trainer" in cfg:  # this project's training config (another Hydra app brings its own checks)
                 check_config(cfg)
+            if runner_confirms:
+                confirm.check(cfg)
         except UserError as e:
             raise UserError(f"{e}{where}") from None
         first = first if first is not None else cfg
@@ -185,14 +192,16 @@ def needs_replay(sweep: Sweep, study: optuna.Study) -> bool:
         and studies.best_test(study) is None
 
 
-def plan_workers(requested: int, budget: int, trials: list[Any], name: str, replay: bool) -> int:
+def plan_workers(requested: int, budget: int, trials: list[Any], name: str, replay: bool, confirming: bool = False) -> int:
     """How many worker processes to start: no more than the cores or the trials left (with a note)."""
     used = sum(map(studies.counts, trials))
     left = max(budget - used, 0) + sum(t.state.name == "WAITING" for t in trials)
+    cores = len(os.sched_getaffinity(0))
     if studies.next_step(trials, budget) == "done":
+        if confirming:  # the search is done; its confirmation runs are not
+            return max(1, min(requested, cores))
         print(f"study {name!r} is complete: {used}/{budget} trials; raise n_trials or set study_name", flush=True)
         return 1 if replay else 0
-    cores = len(os.sched_getaffinity(0))
     n = max(1, min(requested, left, cores))
     if n < requested:
         print(f"note: hydra.sweeper.n_workers={requested} capped at {n} ({left} trials left, {cores} cores)", flush=True)
@@ -227,7 +236,9 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
                             f"{s.max_failures}); last error: {failed[-1].user_attrs.get('error')}")
         step = studies.next_step(trials, sweep.budget)
         if step == "done":
-            if slot == 0:
+            if s.confirm.top_k:  # the top k retrained with more seeds; the winner tested once per seed
+                confirm.work(sweep, slot, owner)
+            elif slot == 0:
                 sweep.runner.test_best(study, list(s.test_overrides))
             return workers.Exit.DONE
         if ran >= s.max_trials_per_worker:
@@ -270,9 +281,13 @@ def finish(sweep: Sweep) -> None:
     study = sweep.open()
     best, test = studies.best_trial(study), studies.best_test(study)
     sweep.write_tables(study, importance=True)
+    with writing(sweep.folder):
+        confirmed = confirm.finish(sweep, study) if sweep.settings.confirm.top_k else None
+    if confirmed and confirmed["winner"] is not None:  # the winner by mean over seeds, not the luckiest run
+        best, test = study.get_trials(deepcopy=False)[confirmed["winner"]], confirm.test_score(sweep, confirmed)
     if best is not None:
         with writing(sweep.folder):
             results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best.params),
-                               sweep.runner.compose(best.params), test)
+                               sweep.runner.compose(best.params), test, confirmed)
     progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
-                           sweep.runner.replay(best.params) if best else [])
+                           sweep.runner.replay(best.params) if best else [], confirmed)

@@ -59,7 +59,8 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
 
 
 def print_summary(study: optuna.Study, storage: str, folder: Any, metrics: list[str],
-                  best: optuna.trial.FrozenTrial | None, test: dict[str, Any] | None, replay: list[str]) -> None:
+                  best: optuna.trial.FrozenTrial | None, test: dict[str, Any] | None, replay: list[str],
+                  confirmed: dict[str, Any] | None = None) -> None:
     trials = study.get_trials(deepcopy=False)
     states = {s.name: sum(1 for t in trials if t.state == s) for s in (*FINISHED, TrialState.RUNNING)}
     print(f"study {study.study_name!r}: {len(trials)} trials "
@@ -70,11 +71,29 @@ def print_summary(study: optuna.Study, storage: str, folder: Any, metrics: list[
         values = ", ".join(f"{m}={v:.4f}" for m, v in zip(metrics, best.values))
         print(f"best trial #{best.number}: {values}")
         print("  params: " + " ".join(f"{k}={v}" for k, v in best.params.items()))
-        if test and test.get("test_accuracy") is not None:
+        if test and test.get("test_accuracy") is not None and not confirmed:
             print(f"  test accuracy {test['test_accuracy']:.4f}, test loss {test['test_loss']:.4f} "
                   f"(replayed once after the search; val_accuracy {test['val_accuracy']:.4f})")
+        if confirmed and confirmed["winner"] is not None:
+            print_confirmed(confirmed)
         print(f"  replay: python -m src.train {' '.join(results.shell_quote(replay))}")
     print(f"tables: {folder}/{{trials,leaderboard,params_summary,importance}}.csv and best.yaml", flush=True)
+
+
+def print_confirmed(confirmed: dict[str, Any]) -> None:
+    """The top k's means over seeds, whether the single-run ranking held, and the winner's test score."""
+    metric, configs = confirmed["metric"], confirmed["configs"]
+    n = len(configs[confirmed["winner"]]["values"])
+    held = "held" if confirmed["held"] else f"changed: the best single run was #{confirmed['single_best']}"
+    print(f"  confirmed over {n} seeds, winner by mean {metric} (single-run ranking {held}):")
+    for number, c in configs.items():
+        values = " ".join(f"{v:.4f}" for v in c["values"])
+        mark = "*" if number == confirmed["winner"] else " "
+        print(f"   {mark}#{number}: {c['mean']:.4f} +- {c['std']:.4f} ({values})")
+    test = confirmed.get("test")
+    if test:
+        print(f"  test accuracy {test['mean']:.4f} +- {test['std']:.4f} over {len(test['values'])} seeds "
+              f"(the winner only, after the search)")
 
 
 def _duration(seconds: float) -> str:

@@ -74,8 +74,9 @@ def write_sweep_tables(folder: Path, study: Any, metrics: list[str], size: int, 
 
 
 def write_best(path: Path, best: Any, metrics: list[str], overrides: list[str], config: dict[str, Any],
-               test: dict[str, Any] | None) -> None:
-    """best.yaml: the best trial, the command that replays it, its test score and its full composed config."""
+               test: dict[str, Any] | None, confirmed: dict[str, Any] | None = None) -> None:
+    """best.yaml: the best trial (the confirmed winner, where confirmation ran), the command that replays it,
+    its test score (mean and std over seeds, where confirmed) and its full composed config."""
     import yaml
 
     doc = {
@@ -84,6 +85,7 @@ def write_best(path: Path, best: Any, metrics: list[str], overrides: list[str], 
         "params": dict(best.params),
         "command": "python -m src.train " + " ".join(shell_quote(overrides)),
         "test": test,
+        **({"confirmed": confirmed} if confirmed else {}),
         "run_dir": best.user_attrs.get("run_dir"),
         "config": config,
     }

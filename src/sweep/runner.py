@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ class Runner:
         self.space, self.objectives, self.folder, self.mask = space, objectives, folder, mask
         self.extend = extend  # hydra-optuna-sweeper's custom_search_space: suggests extra, conditional params
         self.live = False  # a live line per epoch (one worker writing to a terminal)
+        self.on_told: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None  # e.g. MLflow's logger
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         """Draw the trial's params, train it, tell the study; Ctrl-C gives its slot back and re-raises."""
@@ -64,6 +66,9 @@ class Runner:
         except optuna.exceptions.UpdateFinishedTrialError:
             print(f"trial {trial.number} was failed by another worker while it ran (no heartbeat within "
                   f"the grace period); its result is not recorded", flush=True)
+        else:
+            if self.on_told is not None:
+                self.on_told(study, studies.frozen(study, trial))
 
     def tell(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, hook: PruningHook) -> None:
         """Record what the task returned (a dict of metrics or one number) or raised."""
@@ -97,6 +102,8 @@ class Runner:
             # the job's .hydra/*.yaml copies never hold the storage password
             if cfg.hydra.sweeper.get("storage"):
                 cfg.hydra.sweeper.storage = self.mask(str(cfg.hydra.sweeper.storage))
+            if cfg.hydra.sweeper.get("mlflow") and cfg.hydra.sweeper.mlflow.get("tracking_uri"):
+                cfg.hydra.sweeper.mlflow.tracking_uri = self.mask(str(cfg.hydra.sweeper.mlflow.tracking_uri))
             cfg.hydra.overrides.hydra = [self.mask(o) for o in cfg.hydra.overrides.hydra]
         ret: JobReturn = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
                                  config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -111,8 +118,11 @@ class Runner:
         return OmegaConf.to_container(cfg, resolve=True) if resolve else cfg
 
     def replay(self, params: dict[str, Any]) -> list[str]:
-        """The overrides that replay a trial with `python -m src.train` (the sweep definition's choice dropped)."""
-        return [o for o in self.space.overrides(params) if not o.startswith("sweep=")]
+        """The arguments that replay a trial with `python -m src.train`: the command line's --config-dir, if any,
+        and the trial's overrides (the sweep definition's choice dropped)."""
+        dirs = [f"--config-dir={os.path.relpath(s.path)}" for s in self.config.hydra.runtime.config_sources
+                if s.provider == "command-line" and s.schema == "file"]
+        return dirs + [o for o in self.space.overrides(params) if not o.startswith("sweep=")]
 
     def test_best(self, study: optuna.Study, test_overrides: list[str]) -> dict[str, Any] | None:
         """Replay the best trial once with `test_overrides` (e.g. trainer.test=true); the test set never chooses."""

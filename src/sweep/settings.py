@@ -11,6 +11,22 @@ from src.errors import UserError
 
 
 @dataclass
+class MlflowSettings:
+    """`hydra.sweeper.mlflow`: log each finished trial as an MLflow run (pip install -e '.[mlflow]')."""
+
+    tracking_uri: Optional[str] = None    # null: off; e.g. sqlite:///mlflow.db, http://host:5000
+    experiment: Optional[str] = None      # default: the study's name
+
+
+@dataclass
+class ConfirmSettings:
+    """`hydra.sweeper.confirm`: retrain the top_k configurations with `seeds` further seeds; the best mean wins."""
+
+    top_k: int = 0      # 0: off
+    seeds: int = 2      # further seeds per configuration (model init, shuffling, dropout; the data split stays)
+
+
+@dataclass
 class SweeperSettings:
     """Knobs of samplers and pruners are keyed by name, so switching one never leaks the other's."""
 
@@ -47,8 +63,17 @@ class SweeperSettings:
     params: Optional[Dict[str, Any]] = None  # key: search expression or fixed value
     test_overrides: List[str] = field(default_factory=list)  # added when the best trial is replayed once
     leaderboard_size: int = 10
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)  # top_k confirmed over more seeds
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)  # mlflow.tracking_uri: each finished trial as an MLflow run
 
     def __post_init__(self) -> None:
+        if isinstance(self.confirm, dict):
+            self.confirm = ConfirmSettings(**self.confirm)
+        if self.confirm.top_k < 0 or self.confirm.seeds < (1 if self.confirm.top_k else 0):
+            raise UserError(f"hydra.sweeper.confirm: top_k={self.confirm.top_k}, seeds={self.confirm.seeds}; "
+                            f"use top_k >= 1 and seeds >= 1 (top_k=0: off)")
+        if isinstance(self.mlflow, dict):
+            self.mlflow = MlflowSettings(**self.mlflow)
         if self.direction is not None:  # hydra-optuna-sweeper's spelling
             self.directions = [self.direction] if isinstance(self.direction, str) else list(self.direction)
         if self.n_jobs is not None:

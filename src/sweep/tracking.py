@@ -1,0 +1,114 @@
+"""`hydra.sweeper.mlflow`, an optional extra: each finished trial (COMPLETE, PRUNED, FAIL) as one MLflow run.
+
+A run holds the trial's params, every numeric metric it recorded (val_accuracy, val_loss, param_count,
+seconds, ...), and tags: the study, the trial's number and state, its run folder and error. It is written
+through `mlflow.MlflowClient` by the worker that told the trial; MLflow loads only when the key is set.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import random
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from src.errors import UserError
+from src.sweep.runner import RESERVED
+from src.sweep.settings import MlflowSettings
+from src.sweep.study import Storage
+
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # MLflow's run statuses
+TRIES = 6  # to open the tracking store: another sweep command may be creating the experiment at once
+# Run once per sweep command, in a process of its own: creates the store's tables and the experiment. A refused
+# database login fails at once (MLflow's own engine retries would wait about 100 s).
+PREPARE = ("import logging, sys; logging.disable(logging.WARNING); import mlflow.store.db.utils as db; "
+           "db.MAX_RETRY_COUNT = 2; from mlflow import MlflowClient; "
+           "c = MlflowClient(); c.get_experiment_by_name(sys.argv[1]) or c.create_experiment(sys.argv[1])")
+
+
+class MlflowLogger:
+    """Called with (study, trial) after each trial is told. Made in the sweep command, before any trial;
+    each worker process opens its own client at its first trial (no connection crosses the fork)."""
+
+    def __init__(self, settings: MlflowSettings, study_name: str, mask: Callable[[str], str]) -> None:
+        if importlib.util.find_spec("mlflow") is None:
+            raise UserError("hydra.sweeper.mlflow needs MLflow: pip install -e '.[mlflow]'")
+        self.uri, self.experiment = str(settings.tracking_uri), settings.experiment or study_name
+        self.mask = mask  # hides the passwords of the study's storage and of the tracking URI
+        self.client: Any = None
+        self.experiment_id = ""
+
+    def prepare(self) -> None:
+        """Before any trial: create the store's tables and the experiment in a process of its own, so that
+        workers starting together never race to migrate one SQLite file, no MLflow connection crosses
+        their fork, and a bad URI or an unreachable server is one line. The URI goes by environment
+        (`MLFLOW_TRACKING_URI`), never on a command line."""
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+        try:
+            done = subprocess.run([sys.executable, "-c", PREPARE, self.experiment], env=env, capture_output=True,
+                                  text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise UserError(self.mask(f"hydra.sweeper.mlflow.tracking_uri={self.uri}: no answer in 300 s")) from None
+        if done.returncode:
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            raise UserError(self.mask(f"hydra.sweeper.mlflow.tracking_uri={self.uri}: "
+                                      f"{lines[-1][:300] if lines else f'exit {done.returncode}'}"))
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Log `trial`; a tracking store that fails is a one-line warning (the study has the result)."""
+        try:
+            self.log(study.study_name, trial)
+        except Exception as e:  # noqa: BLE001 - a server down, a full disk, a bad URI
+            lines = str(e).strip().splitlines()
+            print(self.mask(f"warning: trial {trial.number} not logged to MLflow ({self.uri}): "
+                            f"{type(e).__name__}: {lines[0] if lines else ''}"), flush=True)
+
+    def connect(self) -> None:
+        """This process's client and the experiment's id (`prepare` made it; another command may be making it now)."""
+        from mlflow import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+        for attempt in range(TRIES):
+            try:
+                client = MlflowClient(self.uri)
+                found = client.get_experiment_by_name(self.experiment)
+                self.experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+                self.client = client
+                return
+            except Exception:  # noqa: BLE001 - another worker creating the store or the experiment at once
+                if attempt == TRIES - 1:
+                    raise
+                time.sleep(0.2 + random.random() * 0.5)
+
+    def log(self, study_name: str, trial: FrozenTrial) -> None:
+        """One MLflow run for `trial`: started and ended when the trial was, its status from the trial's state."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        if self.client is None:
+            self.connect()
+        start, end = (int(t.timestamp() * 1000) if t else None for t in (trial.datetime_start, trial.datetime_complete))
+        attrs = trial.user_attrs
+        tags = {"optuna.study": study_name, "optuna.trial": str(trial.number), "optuna.state": trial.state.name,
+                **{f"optuna.{k}": str(attrs[k])[:5000] for k in RESERVED if attrs.get(k) is not None}}
+        metrics = [Metric(k, float(v), end or int(time.time() * 1000), 0) for k, v in attrs.items()
+                   if k not in RESERVED and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        run = self.client.create_run(self.experiment_id, start_time=start, run_name=f"trial {trial.number}")
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in trial.params.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run.info.run_id, STATUS.get(trial.state.name, "FINISHED"), end_time=end)
+
+
+def mask_also(tracking_uri: str, mask: Callable[[str], str]) -> Callable[[str], str]:
+    """`mask` that also hides the tracking URI's password (in the URL's user info or a `password=` query)."""
+    uri = Storage(tracking_uri, heartbeat_interval=1, grace_period=2)  # only for its masking helper
+
+    def both(text: str) -> str:
+        return uri.mask(mask(text))
+
+    return both

@@ -1,0 +1,96 @@
+"""Tracking extras end to end on the real data: TensorBoard event files of a run (`trainer.tensorboard`),
+and one MLflow run per sweep trial (`hydra.sweeper.mlflow`), read back with each tool's own reader."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from tensorboard.util.tensor_util import make_ndarray
+
+from conftest import error_lines, run_cli
+from src.sweep.settings import MlflowSettings, SweeperSettings
+from src.sweep.study import Storage
+from src.sweep.tracking import mask_also
+from test_sweep import TINY, sweep, table
+
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")  # MLflow's SQLAlchemy use
+
+
+def scalars(folder, tag):
+    """{epoch step: value} of a scalar summary in an event-file folder (TF2 writes scalars as tensors)."""
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
+    return {e.step: float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+
+
+def hparams(folder):
+    """The HParams summary's values in a run's tensorboard folder."""
+    events = EventAccumulator(str(folder)).Reload()
+    (content,) = events.PluginTagToContent("hparams").values()
+    start = HParamsPluginData.FromString(content).session_start_info
+    return {k: v.number_value if v.HasField("number_value") else v.string_value if v.HasField("string_value")
+            else v.bool_value for k, v in start.hparams.items()}
+
+
+def test_tensorboard_logs_epoch_scalars_and_hparams(tmp_path, data_dir):
+    out = tmp_path / "run"
+    run_cli("train", f"hydra.run.dir={out}", "trainer.tensorboard=true", "trainer.verbose=0", "trainer.test=false",
+            "trainer.epochs=2", "model.units=12")
+    history = pd.read_csv(out / "history.csv")
+    logs = out / "tensorboard"
+    for folder, tag, column in (("validation", "epoch_accuracy", "val_accuracy"), ("validation", "epoch_loss", "val_loss"),
+                                ("train", "epoch_accuracy", "accuracy"), ("train", "epoch_loss", "loss")):
+        values = scalars(logs / folder, tag)
+        assert sorted(values) == [0, 1], (folder, tag)
+        assert [values[0], values[1]] == pytest.approx(history[column].tolist(), abs=1e-5), (folder, tag)
+    values = hparams(logs)
+    assert values["model.units"] == 12 and values["optimizer.name"] == "adam" and values["trainer.epochs"] == 2
+    assert "data.path" not in values
+    assert scalars(logs, "val_accuracy") == {1: pytest.approx(history["val_accuracy"].iloc[-1], abs=1e-5)}
+    assert scalars(logs, "param_count") == {1: 784 * 12 + 12 + 12 * 12 + 12 + 12 * 3 + 3}
+
+
+def test_each_sweep_trial_is_an_mlflow_run_and_has_its_tensorboard_logs(tmp_path, data_dir):
+    out, uri = tmp_path / "tracked", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
+          "hydra.sweeper.n_workers=2", f"hydra.sweeper.mlflow.tracking_uri={uri}", "trainer.tensorboard=true")
+    trials = table(out).set_index("number")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("default")  # the study's name
+    runs = {int(r.data.tags["optuna.trial"]): r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == sorted(trials.index) == [0, 1]
+    for number, run in runs.items():
+        row = trials.loc[number]
+        assert run.data.params == {"model.units": str(row["model.units"])}
+        assert run.data.metrics["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)
+        assert run.data.metrics["param_count"] == row["param_count"] and run.data.metrics["seconds"] == row["seconds"]
+        assert run.data.tags["optuna.state"] == row["state"] == "COMPLETE" and run.info.status == "FINISHED"
+        assert run.data.tags["optuna.study"] == "default" and run.data.tags["optuna.run_dir"] == row["run_dir"]
+        assert hparams(f"{row['run_dir']}/tensorboard")["model.units"] == row["model.units"]
+
+
+def test_the_tracking_uri_password_is_never_shown_or_written(tmp_path, data_dir, postgres):
+    out, uri = tmp_path / "secret", postgres.new_database()
+    result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1",
+                   f"hydra.sweeper.mlflow.tracking_uri={uri}", "hydra.sweeper.mlflow.experiment=secret")
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
+    assert run.data.tags["optuna.state"] == "COMPLETE"
+    assert postgres.password not in result.stdout + result.stderr
+    written = [path for path in out.rglob("*") if path.is_file() and postgres.password.encode() in path.read_bytes()]
+    assert not written and (out / "trials" / "0" / ".hydra" / "hydra.yaml").is_file()
+    bad = uri.replace(f":{postgres.password}@", ":wrong-pw@")
+    result = sweep(tmp_path / "refused", *TINY, "model.units=int(interval(8,32))", f"hydra.sweeper.mlflow.tracking_uri={bad}",
+                   expect=2)
+    (line,) = error_lines(result)
+    assert line.startswith("error: hydra.sweeper.mlflow.tracking_uri=postgresql+psycopg2://sweeper:***@") and "wrong-pw" not in line
+
+
+def test_mlflow_settings_and_both_passwords_masked():
+    assert SweeperSettings().mlflow.tracking_uri is None  # off by default
+    settings = SweeperSettings(mlflow={"tracking_uri": "postgresql+psycopg2://me:track%40pw@db/runs"})
+    assert isinstance(settings.mlflow, MlflowSettings) and settings.mlflow.experiment is None
+    mask = mask_also(settings.mlflow.tracking_uri, Storage("postgresql+psycopg2://me:store-pw@db/sweeps", 1, 2).mask)
+    assert mask("postgresql+psycopg2://me:track%40pw@db/runs track@pw, postgresql+psycopg2://me:store-pw@db/sweeps") == \
+        "postgresql+psycopg2://me:***@db/runs ***, postgresql+psycopg2://me:***@db/sweeps"
