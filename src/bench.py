@@ -29,6 +29,12 @@ REFERENCE = ["data.n_train=null", "model.units=10", "model.layers=2", "model.act
              "trainer.test=false"]
 
 
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
 def reference_trials(repeats: int, backend: str, extra: list[str]) -> dict:
     """The reference trial through src.training, `repeats` times in this process (data read once, first)."""
     from hydra import compose, initialize_config_dir
@@ -81,7 +87,8 @@ def sweep(folder: Path, overrides: list[str]) -> dict:
 
 # The quick sweep's ranges as a 32-point grid, run whole: one and two workers run exactly the same
 # trials. No worker is recycled in either (memory is measured apart), so that both pay the same.
-QUICK_GRID = ["sweep=quick", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=32", "hydra.sweeper.pruner=none",
+QUICK_GRID = ["sweep=quick", "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=32",
+              "hydra.sweeper.pruner=none",
               "hydra.sweeper.max_trials_per_worker=32", "model.units=choice(8,16,32,64)", "model.layers=choice(1,2)",
               "model.activation=choice(relu,tanh)", "optimizer.lr=choice(0.001,0.01)"]
 
@@ -99,6 +106,37 @@ def worker_rounds(tmp: Path, rounds: int, backend: str) -> list[dict]:
     return results
 
 
+# Sweep S of ../shared/bench/sweep_s (20 TPE trials, 3,000 images, 3 epochs, no pruning) as the project runs
+# it: the same space and settings, no confirmation and no test replay (the plain script does neither).
+SWEEP_S = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.test_overrides=[]",
+           "hydra.sweeper.n_trials=20", "hydra.sweeper.sampler=tpe", "hydra.sweeper.pruner=none", "data.n_train=3000",
+           "model.units=tag(log, int(interval(8, 64)))", "model.layers=int(interval(1, 2))",
+           "model.activation=choice(relu, tanh)", "optimizer.lr=tag(log, interval(1e-3, 1e-2))",
+           "trainer.epochs=3", "trainer.batch_size=32"]
+
+
+def sweep_s_rounds(tmp: Path, rounds: int, backend: str, peer_dir: Path) -> list[dict]:
+    """Sweep S, whole processes timed from the command line: the project's sweep and the plain-Optuna script,
+    alternating which runs first; best val_accuracy of each."""
+    script = peer_dir / "sweep_s" / "optuna_plain.py"
+    results = []
+    for r in range(rounds):
+        runs = {}
+        for who in ("project", "plain") if r % 2 == 0 else ("plain", "project"):
+            folder = tmp / f"s{r}-{who}"
+            start = time.perf_counter()
+            if who == "project":
+                subprocess.run([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}", *SWEEP_S,
+                                f"trainer.backend={backend}"], cwd=ROOT, check=True, capture_output=True, text=True)
+            else:
+                subprocess.run([sys.executable, script.name, "--out", str(folder)], cwd=script.parent, check=True,
+                               capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
+            trials = pd.read_csv(folder / "trials.csv")
+            runs[who] = {"s": time.perf_counter() - start, "best": float(trials["value"].max())}
+        results.append(runs)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="reference trials to take the median of")
@@ -108,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-dir", type=Path, default=ROOT.parent / "shared" / "bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--only-trial", action="store_true", help="skip the sweeps")
+    parser.add_argument("--default-sweep", action="store_true", help="also time the default 40-trial sweep (~8 min)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for the reference trial")
     args = parser.parse_args(argv)
     os.environ.setdefault("FASHION_MNIST_DIR", str(ROOT.parent / "shared" / "datasets" / "fashion-mnist"))
@@ -129,6 +168,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.only_trial:
         with tempfile.TemporaryDirectory() as tmp:
+            if (args.peer_dir / "sweep_s" / "optuna_plain.py").is_file():
+                s = sweep_s_rounds(Path(tmp), args.rounds, args.backend, args.peer_dir)
+                rows["sweep S (20 trials): s, project / plain Optuna script, by round"] = [
+                    [round(r["project"]["s"], 1), round(r["plain"]["s"], 1)] for r in s]
+                rows["sweep S: ratio project / plain Optuna (median of rounds)"] = round(
+                    statistics.median(r["project"]["s"] / r["plain"]["s"] for r in s), 2)
+                rows["sweep S: best val_accuracy, project / plain (round 1)"] = [s[0]["project"]["best"], s[0]["plain"]["best"]]
+            if args.default_sweep:
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={Path(tmp) / 'default'}",
+                                f"trainer.backend={args.backend}"], cwd=ROOT, check=True, capture_output=True, text=True)
+                board = yaml_load(Path(tmp) / "default" / "best.yaml")
+                rows["default sweep (40 trials + confirmation): wall s"] = round(time.perf_counter() - start, 1)
+                rows["default sweep: winner val_accuracy mean / test_accuracy mean"] = [
+                    round(board["confirmed"]["configs"][board["trial"]]["mean"], 4), round(board["test"]["test_accuracy"], 4)]
             rounds = worker_rounds(Path(tmp), args.rounds, args.backend)
             median = statistics.median(r["speed_up"] for r in rounds)
             rows["quick sweep grid (32 trials): trials/min, 1 / 2 workers, by round"] = [
@@ -137,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             rows["2-worker speed-up (median of rounds)"] = round(median, 2)
             rows["quick sweep mean val_accuracy, 1 / 2 workers"] = [
                 round(float(rounds[0][k]["val_accuracy_mean"]), 4) for k in ("one", "two")]
-            memory = sweep(Path(tmp) / "memory", ["sweep=quick", f"hydra.sweeper.n_trials={args.memory_trials}",
+            memory = sweep(Path(tmp) / "memory", ["sweep=quick", "hydra.sweeper.confirm.top_k=0",
+                                                  f"hydra.sweeper.n_trials={args.memory_trials}",
                                                   "hydra.sweeper.pruner=none", "data.n_train=600", "trainer.epochs=1",
                                                   f"trainer.backend={args.backend}"])
             rss = memory["rss_mb"]

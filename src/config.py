@@ -10,6 +10,8 @@ from src.data import check_classes
 from src.errors import UserError
 from src.schema import check_keys
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 def check(cfg: Any) -> None:
     """Raise a one-line `UserError` naming the first bad value and what is allowed."""
@@ -21,12 +23,15 @@ def check(cfg: Any) -> None:
         _positive_int("trainer.steps_per_execution", spe, "use epoch or an integer >= 1")
     if cfg.trainer.backend not in BACKENDS:
         raise UserError(f"trainer.backend={cfg.trainer.backend!r}; allowed: {', '.join(BACKENDS)}")
+    if cfg.trainer.get("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise UserError(f"trainer.lr_schedule={cfg.trainer.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
     lr = cfg.optimizer.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise UserError(f"optimizer.lr={lr!r}: the learning rate must be a number > 0")
-    dropout = cfg.model.get("dropout", 0.0)  # a user's model (model._target_) may have none
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise UserError(f"model.dropout={dropout!r}: must be in [0, 1)")
+    for key in ("dropout", "input_dropout"):  # a user's model (model._target_) may have neither
+        rate = cfg.model.get(key, 0.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise UserError(f"model.{key}={rate!r}: must be in [0, 1)")
     check_classes(cfg.data.classes)
     if cfg.trainer.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
         raise UserError("trainer.tensorboard=true needs TensorBoard: pip install -e '.[tensorboard]'")

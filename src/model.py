@@ -57,6 +57,8 @@ def dense_net(model: Any, n_inputs: int, n_classes: int) -> keras.Sequential:
     if not 0.0 <= model.dropout < 1.0:
         raise UserError(f"model.dropout={model.dropout}: must be in [0, 1)")
     layers: list[keras.layers.Layer] = [keras.Input(shape=(n_inputs,))]
+    if model.get("input_dropout"):  # drop pixels: the dropout paper's regulariser for dense nets on images
+        layers.append(keras.layers.Dropout(model.input_dropout))
     for width in widths:
         if model.get("batch_norm"):  # Dense, then normalise, then the activation
             layers += [keras.layers.Dense(width, use_bias=False), keras.layers.BatchNormalization(),
@@ -84,10 +86,8 @@ def build_optimizer(optimizer: Any, schedule: str = "constant", total_steps: int
         raise UserError(f"optimizer.name={optimizer.name!r}; allowed: {', '.join(sorted(OPTIMIZERS))}, "
                         f"or optimizer._target_=CLASS")
     lr = optimizer.lr
-    if schedule == "cosine":
+    if schedule == "cosine":  # any other value is refused by src.config.check
         lr = keras.optimizers.schedules.CosineDecay(initial_learning_rate=lr, decay_steps=max(total_steps, 1))
-    elif schedule != "constant":
-        raise UserError(f"trainer.lr_schedule={schedule!r}; allowed: constant, cosine")
     try:
         return make(learning_rate=lr, **knobs)
     except (TypeError, ValueError) as e:

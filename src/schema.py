@@ -29,6 +29,7 @@ class DenseModel:
     widths: Optional[list[int]] = None
     activation: str = "relu"
     dropout: float = 0.0
+    input_dropout: float = 0.0
     batch_norm: bool = False
 
 

@@ -204,7 +204,7 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
     ("hydra.sweeper.grace_period=5", "hydra.sweeper.grace_period=5: must be longer than heartbeat_interval=10"),
     ("trainer.epochs=0", "trainer.epochs=0: use an integer >= 1"),
     ("trainer.batch_size=0", "trainer.batch_size=0: use an integer >= 1"),
-    ("optimizer.lr=0", "optimizer.lr=0: the learning rate must be a number > 0"),
+    ("optimizer.lr=0", "optimizer.lr=0.0: the learning rate must be a number > 0"),
     ("trainer.epochs=int(interval(0,3))", "trainer.epochs=0: use an integer >= 1"),
     ("optimizer=choice(adam,nadam)", "Could not find 'optimizer/nadam'"),
     ("hydra.sweeper.storage=postgresql+psycopg2://me:hunter2pw@127.0.0.1:1/none",
@@ -247,7 +247,7 @@ def test_without_m_a_hint_and_exit_2():
 
 def test_help_texts_are_the_projects_own():
     sweep_help = run_cli("sweep", "--help").stdout
-    assert sweep_help.startswith("python -m src.sweep -m [sweep=NAME]") and "sweep: default, quick" in sweep_help
+    assert sweep_help.startswith("python -m src.sweep -m [sweep=NAME]") and "sweep: default, fashion10, quick" in sweep_help
     assert "range(a,b[,step]) (b excluded)" in sweep_help and "n_trials (study total)" in sweep_help
     assert "n_train: 50" not in sweep_help and "outputs/sweeps/<study_name>/" in sweep_help
     train_help = run_cli("train", "--help").stdout
@@ -276,3 +276,15 @@ def test_a_terminal_sees_each_epoch_on_one_rewritten_line(tmp_path, data_dir):
     text = out.decode()
     assert "\r\x1b[Ktrial 0: epoch 1/3 val_accuracy=" in text and "\r\x1b[Ktrial 0: epoch 3/3" in text
     assert "\r\x1b[Ktrial 0 COMPLETE" in text and "1/1 done" in text
+
+
+def test_a_hydra_launcher_is_refused_not_ignored(tmp_path):
+    launchers = tmp_path / "conf" / "hydra" / "launcher"
+    launchers.mkdir(parents=True)  # a launcher config as a plugin such as hydra-joblib-launcher ships one
+    (launchers / "joblib.yaml").write_text("_target_: hydra._internal.core_plugins.basic_launcher.BasicLauncher\n")
+    result = run_cli("sweep", "-m", f"--config-dir={tmp_path / 'conf'}", f"hydra.sweep.dir={tmp_path / 'out'}", *TINY,
+                     "hydra/launcher=joblib", expect=2)
+    assert error_lines(result) == ["error: hydra/launcher=joblib is not used: the keras_optuna sweeper runs its trials "
+                                   "in its own worker processes; use hydra.sweeper.n_workers (here) or the same "
+                                   "command on more machines"]
+    assert not (tmp_path / "out" / "trials.csv").exists()

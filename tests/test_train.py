@@ -134,7 +134,7 @@ def test_callbacks_from_config_take_effect_and_the_model_is_saved(tmp_path, data
 def test_unknown_keys_and_wrong_types_are_refused(tmp_path):
     result, _ = train(tmp_path, "+model.unit=32", name="plus", expect=2)  # Hydra appends it; the schema check refuses
     assert error_lines(result) == ["error: model.unit is not a model setting; allowed: units, layers, widths, activation, "
-                                   "dropout, batch_norm"]
+                                   "dropout, input_dropout, batch_norm"]
     result, _ = train(tmp_path, "trainer.epochs=abc", name="type", expect=1)  # refused by Hydra when composing
     assert "Value 'abc' of type 'str' could not be converted to Integer" in result.stderr
     assert "full_key: trainer.epochs" in result.stderr and "Traceback" not in result.stderr
@@ -162,3 +162,14 @@ def test_loss_and_metrics_from_config(tmp_path, data_dir):
     assert metrics["val_loss"] > 0.4 and metrics["val_accuracy"] > 0.7
     result, _ = train(tmp_path, "trainer.loss=crossentropyy", name="bad", expect=2)
     assert "trainer.loss='crossentropyy' is not a Keras loss" in error_lines(result)[0]
+
+
+def test_regularisers_and_schedule_from_config(tmp_path, data_dir):
+    _, out = train(tmp_path, "model.batch_norm=true", "model.input_dropout=0.2", "trainer.lr_schedule=cosine",
+                   "data.n_train=600", "trainer.verbose=0")
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Dense without bias, then BatchNormalization (gamma, beta, moving mean and variance) per hidden layer
+    assert metrics["param_count"] == 784 * 10 + 4 * 10 + 10 * 10 + 4 * 10 + 10 * 3 + 3
+    assert metrics["val_accuracy"] > 0.5
+    result, _ = train(tmp_path, "trainer.lr_schedule=step", name="bad", expect=2)
+    assert error_lines(result) == ["error: trainer.lr_schedule='step'; allowed: constant, cosine"]

@@ -241,11 +241,11 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
             elif slot == 0:
                 sweep.runner.test_best(study, list(s.test_overrides))
             return workers.Exit.DONE
-        if ran >= s.max_trials_per_worker:
-            return workers.Exit.RETIRED
         if step == "wait":  # others' running trials use the last slots; one may die and give its slot back
             time.sleep(min(2.0, s.heartbeat_interval))
             continue
+        if ran >= s.max_trials_per_worker:  # retire only for a trial to run: the replay and confirmation need no fresh process
+            return workers.Exit.RETIRED
         with ExitStack() as claimed:
             with workers.signals_held():  # the trial is created, beating and owned at once, or not at all
                 trial = study.ask()
