@@ -63,8 +63,12 @@ def overrides(sweep: Sweep, trial: FrozenTrial, run: Run) -> list[str]:
 
 def finished(sweep: Sweep) -> bool:
     """Whether the winner's test runs have all ended (then nothing is left to confirm)."""
-    _, test = studies_of(sweep)
-    trials = test.get_trials(deepcopy=False) if test else []
+    storage = sweep.storage.connect()
+    try:
+        _, test = studies_of(sweep, storage)
+        trials = test.get_trials(deepcopy=False) if test else []
+    finally:
+        studies.close(storage)  # asked before the workers fork: no connection may cross it
     return bool(trials) and all(t.state.is_finished() for t in trials)
 
 
@@ -106,9 +110,9 @@ def test_score(sweep: Sweep, confirmed: dict[str, Any]) -> dict[str, Any] | None
             f"{confirmed['metric']}_std": winner["std"], "seeds": len(test["values"]), "run_dir": f"{sweep.folder}/best"}
 
 
-def studies_of(sweep: Sweep) -> tuple[optuna.Study | None, optuna.Study | None]:
+def studies_of(sweep: Sweep, storage: Any = None) -> tuple[optuna.Study | None, optuna.Study | None]:
     """The confirm and test queue studies, where they exist."""
-    storage = sweep.storage.connect()
+    storage = storage or sweep.storage.connect()
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     found = [optuna.load_study(study_name=n, storage=storage) if n in names else None
              for n in (f"{sweep.name}:confirm", f"{sweep.name}:test")]

@@ -344,9 +344,10 @@ def fail_stale_trials(study: optuna.Study) -> None:
     optuna.storages.fail_stale_trials(study)
 
 
-def close(study: optuna.Study) -> None:
-    """Drop the study's pooled storage connections, so that no socket is shared with a forked child."""
-    storage = getattr(study._storage, "_backend", study._storage)  # RDB storages come wrapped in a cache
+def close(study: optuna.Study | BaseStorage) -> None:
+    """Drop the study's (or storage's) pooled connections, so that no socket is shared with a forked child."""
+    storage = getattr(study, "_storage", study)
+    storage = getattr(storage, "_backend", storage)  # RDB storages come wrapped in a cache
     engine = getattr(storage, "engine", None)
     if engine is not None:
         engine.dispose()
