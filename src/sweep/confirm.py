@@ -53,8 +53,9 @@ def seeds_of(sweep: Sweep, trial: FrozenTrial) -> tuple[int, int]:
     return int(cfg["trainer"]["seed"]), int(cfg["data"]["seed"])
 
 
-def overrides(sweep: Sweep, trial: FrozenTrial, run: Run, data_seed: int) -> list[str]:
+def overrides(sweep: Sweep, trial: FrozenTrial, run: Run) -> list[str]:
     """The trial's overrides with another training seed and its own data seed."""
+    _, data_seed = seeds_of(sweep, trial)
     base = [o for o in sweep.space.overrides(trial.params) if not o.startswith(SEED_KEYS)]
     extra = list(sweep.settings.test_overrides) if run.test else []
     return base + [f"trainer.seed={run.seed}", f"data.seed={data_seed}"] + extra
@@ -207,37 +208,26 @@ def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, 
                 trial = queue.ask()
                 claimed.enter_context(studies.heartbeat(queue, trial))
                 trial.set_user_attr("worker", owner)
-            try:  # from the claim on, Ctrl-C gives the run back to the queue
-                fixed = studies.frozen(queue, trial).system_attrs.get("fixed_params")
-                if not fixed:  # a waiting run was taken by another worker between our look and our ask
-                    studies.give_back(queue, studies.frozen(queue, trial), "not run: no queued run left", retry=False)
-                    continue
-                run = Run(int(fixed["config"]), int(fixed["seed"]), test=kind == "test")
-                trial.suggest_int("config", 0, 2**31 - 1)
-                trial.suggest_int("seed", -2**31, 2**31 - 1)
-                if _taken(queue, trial.number, trial.params):  # queued twice (a retry and a refill): run it once
-                    studies.give_back(queue, studies.frozen(queue, trial), "not run: this run ran already", retry=False)
-                    continue
-                _run_one(sweep, search, queue, trial, run, kind, total)
-            except KeyboardInterrupt as e:
-                studies.give_back(queue, studies.frozen(queue, trial), str(e) or "interrupted by Ctrl-C")
-                raise
-
-
-def _taken(queue: optuna.Study, number: int, params: dict[str, Any]) -> bool:
-    """Whether a lower-numbered trial has the same run and is running or complete (the lower one runs)."""
-    return any(t.number < number and t.params == params and t.state in (TrialState.RUNNING, TrialState.COMPLETE)
-               for t in queue.get_trials(deepcopy=False))
+            fixed = studies.frozen(queue, trial).system_attrs.get("fixed_params")
+            if not fixed:  # a waiting run was taken by another worker between our look and our ask
+                studies.give_back(queue, studies.frozen(queue, trial), "not run: no queued run left", retry=False)
+                continue
+            run = Run(int(fixed["config"]), int(fixed["seed"]), test=kind == "test")
+            trial.suggest_int("config", 0, 2**31 - 1)
+            trial.suggest_int("seed", -2**31, 2**31 - 1)
+            _run_one(sweep, search, queue, trial, run, kind, total)
 
 
 def _run_one(sweep: Sweep, search: optuna.Study, queue: optuna.Study, trial: optuna.Trial, run: Run,
              kind: str, total: int) -> None:
     metric = sweep.objectives[0]
-    config = _trial(search, run.config)
-    trainer_seed, data_seed = seeds_of(sweep, config)  # one compose per run
-    subdir = "best" if run.test and run.seed == trainer_seed else f"{kind}/{trial.number}"
+    subdir = "best" if run.test and run.seed == seeds_of(sweep, _trial(search, run.config))[0] else f"{kind}/{trial.number}"
     trial.set_user_attr("run_dir", f"{sweep.folder}/{subdir}")
-    outcome = sweep.runner.run_job(overrides(sweep, config, run, data_seed), trial.number, subdir=subdir)
+    try:
+        outcome = sweep.runner.run_job(overrides(sweep, _trial(search, run.config), run), trial.number, subdir=subdir)
+    except KeyboardInterrupt as e:
+        studies.give_back(queue, studies.frozen(queue, trial), str(e) or "interrupted by Ctrl-C")
+        raise
     if isinstance(outcome, BaseException) or not isinstance(outcome, dict) or outcome.get(metric) is None:
         message = str(outcome).splitlines()[0] if isinstance(outcome, BaseException) and str(outcome) else repr(outcome)
         trial.set_user_attr("error", message)
