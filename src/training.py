@@ -4,6 +4,7 @@ This is the only module that imports Keras's backend, so entry points import it 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -90,6 +91,22 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     write_json(out_dir / "metrics.json", metrics)
     log.info(f"val_accuracy {metrics['val_accuracy']:.4f} after {metrics['epochs']} epochs, "
              f"{metrics['param_count']} parameters, {metrics['seconds']:.1f}s; results in {out_dir}")
+    return metrics
+
+
+def test_saved(cfg: Any, source: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Score the model a finished run saved in `source` on the test set instead of training it again: that
+    run's metrics with test_* added, written to `out_dir`/metrics.json."""
+    source, out_dir = Path(source), Path(out_dir)
+    data = load(cfg.data)
+    model = keras.models.load_model(source / "model.keras", compile=False)
+    scorer = Scorer(build_loss(cfg.trainer.loss), build_metrics(cfg.trainer.metrics), cfg.trainer.eval_batch_size)
+    metrics = json.loads((source / "metrics.json").read_text())
+    metrics.update({f"test_{name}": round(value, 6) for name, value in scorer(model, data.x_test, data.y_test).items()})
+    metrics["trained_in"] = str(source)
+    write_json(out_dir / "metrics.json", metrics)
+    log.info(f"Test loss: {metrics['test_loss']:.3f} - test accuracy: {metrics['test_accuracy']:.1%} "
+             f"({len(data.x_test)} test images), the model trained in {source}")
     return metrics
 
 

@@ -2,7 +2,9 @@
 confirm.csv, two workers sharing the runs, and a resume after Ctrl-C that redoes no finished run."""
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -42,9 +44,18 @@ def test_top_k_confirmed_winner_by_mean_tested_alone(tmp_path, data_dir):
     assert sorted(test["seed"]) == [0, 1, 2] and (test["config"] == winner).all()  # the winner only, once per seed
     assert test["test_accuracy"].between(0.5, 1).all()
     assert best["test"]["test_accuracy"] == statistics.fmean(test["test_accuracy"]) and best["test"]["seeds"] == 3
-    # the test run with the search's seed retrains the search run exactly (seeded), and saves the model
-    original = search[search["config"] == winner]["val_accuracy"].item()
-    assert test[test["seed"] == 0]["val_accuracy"].item() == original and (out / "best" / "model.keras").is_file()
+    # the winner is not trained again: its saved models (search run, confirmation runs) are scored on the test set
+    trained = {0: search[search["config"] == winner]["run_dir"].item(),
+               **{s: confirm[(confirm["config"] == winner) & (confirm["seed"] == s)]["run_dir"].item() for s in (1, 2)}}
+    for seed, run_dir in zip(test["seed"], test["run_dir"]):
+        metrics = json.loads(open(f"{run_dir}/metrics.json").read())
+        assert metrics["trained_in"] == trained[seed] and metrics["test_accuracy"] == test[test["seed"] == seed][
+            "test_accuracy"].item()
+    assert (out / "best" / "model.keras").is_file()
+    # ... and scoring the search run's saved model gives what training it again with the replay command gives
+    run_cli("train", *shlex.split(best["command"])[3:], "trainer.test=true", f"hydra.run.dir={tmp_path / 'replay'}")
+    again = json.loads((tmp_path / "replay" / "metrics.json").read_text())
+    assert abs(again["test_accuracy"] - test[test["seed"] == 0]["test_accuracy"].item()) < 1e-6
     assert "confirmed over 3 seeds, winner by mean val_accuracy" in result.stdout
     assert f"test accuracy {best['test']['test_accuracy']:.4f} +- " in result.stdout
 
@@ -66,7 +77,7 @@ def test_top_k_confirmed_winner_by_mean_tested_alone(tmp_path, data_dir):
 
 def test_resume_after_ctrl_c_keeps_finished_confirmation_runs(tmp_path, data_dir):
     out = tmp_path / "resume"
-    args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "data.n_train=3000"]
+    args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "data.n_train=12000"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
@@ -81,7 +92,7 @@ def test_resume_after_ctrl_c_keeps_finished_confirmation_runs(tmp_path, data_dir
     before = before[(before["run"] == "confirm") & (before["state"] == "COMPLETE")]
     assert 1 <= len(before) < 4
 
-    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "data.n_train=3000")
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "data.n_train=12000")
     after = pd.read_csv(out / "confirm.csv")
     confirm = after[after["run"] == "confirm"]
     assert len(confirm) == 4 and not confirm.duplicated(["config", "seed"]).any()  # each run once

@@ -76,6 +76,15 @@ def test_next_step_waits_while_others_run_and_asks_for_a_given_back_slot(tmp_pat
     assert counted(study) == 2 and studies.next_step(study.get_trials(), 2) == "done"
 
 
+def test_a_queued_trial_cut_short_before_it_drew_its_params_is_queued_again(tmp_path):
+    study = new_study(sqlite_storage(tmp_path))
+    study.enqueue_trial({"config": 3, "seed": 1})
+    trial = study.ask()  # Ctrl-C lands here: claimed, nothing drawn yet
+    assert trial.params == {} and studies.give_back(study, studies.frozen(study, trial), "interrupted by Ctrl-C")
+    again = study.get_trials()[1]
+    assert again.state == TrialState.WAITING and again.system_attrs["fixed_params"] == {"config": 3, "seed": 1}
+
+
 def test_give_back_of_a_finished_trial_changes_nothing(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
     a = ask(study, 3)

@@ -10,20 +10,24 @@ every command computes the same list.
 """
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
+from omegaconf import open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from src.errors import UserError
 from src.files import write_csv
 from src.sweep import study as studies
-from src.sweep import workers
+from src.sweep import task, workers
+from src.sweep.runner import SAVE_MODEL
 
 if TYPE_CHECKING:  # engine imports this module
     from src.sweep.engine import Sweep
@@ -57,7 +61,7 @@ def overrides(sweep: Sweep, trial: FrozenTrial, run: Run) -> list[str]:
     """The trial's overrides with another training seed and its own data seed."""
     _, data_seed = seeds_of(sweep, trial)
     base = [o for o in sweep.space.overrides(trial.params) if not o.startswith(SEED_KEYS)]
-    extra = list(sweep.settings.test_overrides) if run.test else []
+    extra = list(sweep.settings.test_overrides) if run.test else [SAVE_MODEL]  # the winner's are scored later
     return base + [f"trainer.seed={run.seed}", f"data.seed={data_seed}"] + extra
 
 
@@ -208,26 +212,31 @@ def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, 
                 trial = queue.ask()
                 claimed.enter_context(studies.heartbeat(queue, trial))
                 trial.set_user_attr("worker", owner)
-            fixed = studies.frozen(queue, trial).system_attrs.get("fixed_params")
-            if not fixed:  # a waiting run was taken by another worker between our look and our ask
-                studies.give_back(queue, studies.frozen(queue, trial), "not run: no queued run left", retry=False)
-                continue
-            run = Run(int(fixed["config"]), int(fixed["seed"]), test=kind == "test")
-            trial.suggest_int("config", 0, 2**31 - 1)
-            trial.suggest_int("seed", -2**31, 2**31 - 1)
-            _run_one(sweep, search, queue, trial, run, kind, total)
+            try:
+                fixed = studies.frozen(queue, trial).system_attrs.get("fixed_params")
+                if not fixed:  # a waiting run was taken by another worker between our look and our ask
+                    studies.give_back(queue, studies.frozen(queue, trial), "not run: no queued run left", retry=False)
+                    continue
+                trial.suggest_int("config", 0, 2**31 - 1)
+                trial.suggest_int("seed", -2**31, 2**31 - 1)
+                _run_one(sweep, search, queue, trial, Run(int(fixed["config"]), int(fixed["seed"]), kind == "test"),
+                         kind, total)
+            except KeyboardInterrupt as e:  # queued again from its fixed params, drawn or not (a no-op once told)
+                studies.give_back(queue, studies.frozen(queue, trial), str(e) or "interrupted by Ctrl-C")
+                raise
 
 
 def _run_one(sweep: Sweep, search: optuna.Study, queue: optuna.Study, trial: optuna.Trial, run: Run,
              kind: str, total: int) -> None:
-    metric = sweep.objectives[0]
-    subdir = "best" if run.test and run.seed == seeds_of(sweep, _trial(search, run.config))[0] else f"{kind}/{trial.number}"
+    metric, searched = sweep.objectives[0], _trial(search, run.config)
+    subdir = "best" if run.test and run.seed == seeds_of(sweep, searched)[0] else f"{kind}/{trial.number}"
     trial.set_user_attr("run_dir", f"{sweep.folder}/{subdir}")
-    try:
-        outcome = sweep.runner.run_job(overrides(sweep, _trial(search, run.config), run), trial.number, subdir=subdir)
-    except KeyboardInterrupt as e:
-        studies.give_back(queue, studies.frozen(queue, trial), str(e) or "interrupted by Ctrl-C")
-        raise
+    trained = _trained(sweep, search, run) if run.test else None
+    outcome = _test_saved(sweep, run, searched, trained, subdir) if trained else None
+    if outcome is None or isinstance(outcome, BaseException):  # no saved model here, or one Keras cannot load
+        if outcome is not None:
+            print(f"note: the saved model in {trained} cannot be scored ({outcome}); training it again", flush=True)
+        outcome = sweep.runner.run_job(overrides(sweep, searched, run), trial.number, subdir=subdir)
     if isinstance(outcome, BaseException) or not isinstance(outcome, dict) or outcome.get(metric) is None:
         message = str(outcome).splitlines()[0] if isinstance(outcome, BaseException) and str(outcome) else repr(outcome)
         trial.set_user_attr("error", message)
@@ -242,6 +251,33 @@ def _run_one(sweep: Sweep, search: optuna.Study, queue: optuna.Study, trial: opt
     shown = f"test_accuracy={outcome['test_accuracy']:.4f}" if run.test else f"{metric}={outcome[metric]:.4f}"
     print(f"{kind} run: trial #{run.config} seed {run.seed} {shown} ({done}/{total} done)", flush=True)
     write(sweep, search)
+
+
+def _trained(sweep: Sweep, search: optuna.Study, run: Run) -> Path | None:
+    """The folder where this configuration and seed was trained already and its model saved (the search
+    trial for its own seed, else the confirmation run), if it is on this machine."""
+    if run.seed == seeds_of(sweep, _trial(search, run.config))[0]:
+        run_dir = _trial(search, run.config).user_attrs.get("run_dir")
+    else:
+        confirm, _ = studies_of(sweep)
+        done = [t for t in (confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if confirm else [])
+                if t.params == {"config": run.config, "seed": run.seed}]
+        run_dir = done[0].user_attrs.get("run_dir") if done else None
+    return Path(run_dir) if run_dir and (Path(run_dir) / "model.keras").is_file() else None
+
+
+def _test_saved(sweep: Sweep, run: Run, searched: FrozenTrial, trained: Path, subdir: str) -> dict | BaseException:
+    """The winner's test scores for one seed from the model that run saved: the same network, not trained twice."""
+    cfg = sweep.runner.load(overrides(sweep, searched, run))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    try:
+        metrics = task.test_saved(cfg, str(trained), str(sweep.folder / subdir))
+    except Exception as e:
+        return e
+    if subdir == "best":  # the winner's model where a sweep without confirmation puts it
+        shutil.copyfile(trained / "model.keras", sweep.folder / subdir / "model.keras")
+    return metrics
 
 
 def write(sweep: Sweep, search: optuna.Study) -> None:

@@ -101,7 +101,8 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
     budget = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
     mask = tracking.mask_also(settings.mlflow.tracking_uri, storage.mask) if settings.mlflow.tracking_uri else storage.mask
     runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder, mask,
-                    extend=get_method(settings.custom_search_space) if settings.custom_search_space else None)
+                    extend=get_method(settings.custom_search_space) if settings.custom_search_space else None,
+                    keep_models=settings.confirm.top_k > 0)
     if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
     sweep = Sweep(settings, space, settings.study_name or "sweep", storage, folder, budget, runner,

@@ -23,6 +23,7 @@ from src.sweep.space import SearchSpace
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted by Ctrl-C"
+SAVE_MODEL = "++trainer.save_model=true"
 RESERVED = ("worker", "error", "interrupted", "run_dir")  # the sweeper's own user attributes
 
 
@@ -31,8 +32,10 @@ class Runner:
 
     def __init__(self, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
                  space: SearchSpace, objectives: list[str], folder: Path, mask: Callable[[str], str],
-                 extend: Callable[[DictConfig, optuna.Trial], None] | None = None) -> None:
+                 extend: Callable[[DictConfig, optuna.Trial], None] | None = None, keep_models: bool = False) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        # each trial saves its model: the confirmation scores the winner's saved models on the test set
+        self.keep = [SAVE_MODEL] if keep_models else []
         self.space, self.objectives, self.folder, self.mask = space, objectives, folder, mask
         self.extend = extend  # hydra-optuna-sweeper's custom_search_space: suggests extra, conditional params
         self.live = False  # a live line per epoch (one worker writing to a terminal)
@@ -53,7 +56,7 @@ class Runner:
                            show=progress.live_line(trial.number, self.objectives[0]) if self.live else None)
         token = current_hook.set(hook)
         try:
-            outcome = self.run_job(self.space.overrides(params), trial.number)
+            outcome = self.run_job(self.space.overrides(params) + self.keep, trial.number)
         except Exception as e:  # Hydra's own steps around the task (its folder, its logs): the trial failed
             outcome = e
         except KeyboardInterrupt as e:
@@ -92,7 +95,7 @@ class Runner:
     def run_job(self, overrides: list[str], number: int, subdir: str | None = None) -> Any:
         """Run the task on `overrides` as Hydra job `number`: what it returned, or the exception it raised."""
         try:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            cfg = self.load(overrides)
         except HydraException as e:
             return UserError(f"cannot compose {' '.join(overrides)}: {e}")
         with open_dict(cfg):
@@ -110,9 +113,13 @@ class Runner:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # as Hydra's launcher does
         return ret._return_value
 
+    def load(self, overrides: list[str]) -> DictConfig:
+        """The job's config for `overrides`, hydra node included, as Hydra composes it for a sweep job."""
+        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+
     def compose(self, params: dict[str, Any], resolve: bool = True) -> Any:
         """The task's config for `params` (without the hydra node): a plain dict, or a DictConfig unresolved."""
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self.space.overrides(params))
+        cfg = self.load(self.space.overrides(params))
         with open_dict(cfg):
             del cfg["hydra"]
         return OmegaConf.to_container(cfg, resolve=True) if resolve else cfg

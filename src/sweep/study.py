@@ -284,7 +284,7 @@ def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool 
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    if retry and trial.params:
+    if retry and (trial.params or "fixed_params" in trial.system_attrs):  # a queued trial cut short before it drew
         queue_again(study, trial)
     return True
 

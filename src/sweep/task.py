@@ -22,6 +22,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return training.run(cfg, HydraConfig.get().runtime.output_dir, on_epoch=hook)
 
 
+def test_saved(cfg: DictConfig, source: str, out_dir: str) -> dict[str, Any]:
+    """The test scores of the model a finished trial or confirmation run saved in `source` (no training)."""
+    use_backend(cfg.trainer.backend)
+    from src import training
+
+    return training.test_saved(cfg, source, out_dir)
+
+
 def warm_up(cfg: DictConfig) -> None:
     """Once per worker process, before its first trial: choose the backend, load Keras, read the data."""
     use_backend(cfg.trainer.backend)

@@ -14,9 +14,11 @@ import queue
 import signal
 import socket
 import sys
+import traceback
 import uuid
 from contextlib import contextmanager
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from src.errors import UserError
@@ -179,11 +181,18 @@ def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any,
         sys.exit(Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code)
     except Exception as e:  # a UserError, or the storage or disk failing: one line, via the parent
         lines = str(e).strip().splitlines()
-        errors.put(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {lines[0] if lines else ''}")
+        errors.put(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {lines[0] if lines else ''}{_where(e)}")
         errors.close()
         errors.join_thread()
         sys.exit(Exit.USER_ERROR)
     sys.exit(code)
+
+
+def _where(error: Exception) -> str:
+    """` (at <file>:<line>)`: the innermost frame of this project's code an unexpected error came through."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames if f"{os.sep}src{os.sep}" in f.filename] or frames
+    return f" (at {Path(ours[-1].filename).name}:{ours[-1].lineno})" if ours else ""
 
 
 def _die_with_parent(parent: int) -> None:
