@@ -35,6 +35,7 @@ initial weights and batches, the weights match a Keras `fit` to 1e-6 (tests/test
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
@@ -56,7 +57,7 @@ from omegaconf import DictConfig  # noqa: E402
 from src.config import check as check_config  # noqa: E402
 from src.data import Splits, check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
-from src.model import hidden_widths  # noqa: E402
+from src.model import dense_net, hidden_widths  # noqa: E402
 
 N_INPUTS = 28 * 28
 MIN_BUCKET = 8
@@ -116,7 +117,7 @@ def group_key(cfg: Any) -> GroupKey | None:
         return None
     if trainer.loss != "categorical_crossentropy" or any(m not in ("accuracy", "acc") for m in trainer.metrics or []):
         return None
-    if trainer.get("callbacks") or trainer.get("tensorboard") or trainer.get("save_model"):
+    if trainer.get("callbacks") or trainer.get("tensorboard"):
         return None
     if trainer.get("lr_schedule", "constant") not in ("constant", "cosine") or model.activation not in ELEMENTWISE:
         return None
@@ -298,6 +299,7 @@ def compile_program(fn: Callable[..., Any], xla: bool) -> Callable[..., Any]:
         return jax.jit(fn)
     import tensorflow as tf
 
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # one trace per structure is by design, not a warning
     return tf.function(fn, reduce_retracing=True, autograph=False, jit_compile=xla)
 
 
@@ -339,6 +341,22 @@ class BatchTrainer:
         self.last_weights: list[np.ndarray] = []
         self._programs: dict[tuple[GroupKey, bool], Callable[..., Any]] = {}
         self._device_data: tuple[Splits, dict[str, Any]] | None = None
+        self._widest: dict[GroupKey, tuple[int, ...]] = {}  # per structure: the buckets its cheap programs pad to
+
+    def groups(self, cfgs: Sequence[DictConfig]) -> list[list[int]]:
+        """Indices of batchable `cfgs` to train together. One structure shares a program; where a group is
+        cheap (fewer than XLA_MIN_BATCHES batches: a trace costs more than the arithmetic) its widths share
+        the widest bucket seen for that structure, so a new width costs no trace; where it is long, only
+        equal buckets share (padding would cost arithmetic in every epoch)."""
+        out: dict[Any, list[int]] = {}
+        for i, cfg in enumerate(cfgs):
+            key = group_key(cfg)
+            cheap = self._cheap(len(load(cfg.data).x_train), cfg)
+            out.setdefault(key._replace(buckets=len(key.buckets)) if cheap else key, []).append(i)
+        return list(out.values())
+
+    def _cheap(self, n_train: int, cfg: DictConfig) -> bool:
+        return math.ceil(n_train / cfg.trainer.batch_size) * cfg.trainer.epochs < self.XLA_MIN_BATCHES
 
     def train_group(self, cfgs: Sequence[DictConfig], data: Splits | None = None,
                     on_epoch: GroupEpochHook | None = None) -> list[dict[str, Any]]:
@@ -356,9 +374,13 @@ class BatchTrainer:
         for cfg in cfgs:
             check_config(cfg)
         key = common_key(cfgs)
+        data = load(cfgs[0].data) if data is None else data
+        if all(self._cheap(len(data.x_train), c) for c in cfgs):  # pad to the widest program of this structure so far
+            structure = key._replace(buckets=len(key.buckets))
+            key = key._replace(buckets=tuple(map(max, key.buckets, self._widest.get(structure, key.buckets))))
+            self._widest[structure] = key.buckets
         if key.backend != keras.backend.backend():
             raise UserError(f"trainer.backend={key.backend}: this process runs Keras on {keras.backend.backend()}")
-        data = load(cfgs[0].data) if data is None else data
 
         # The trials, stacked: per-trial weights from their own seeds, unit masks of their real widths.
         n_train, batch_size = len(data.x_train), key.batch_size
@@ -409,6 +431,16 @@ class BatchTrainer:
         return [self._result(cfg, rows[k], status[k], widths[k], key.n_classes, data,
                              {name: values[k] for name, values in tested.items()}, seconds)
                 for k, cfg in enumerate(cfgs)]
+
+    def keras_model(self, k: int, cfg: DictConfig) -> keras.Model:
+        """Trial `k` of the last group trained as the network `src.model.dense_net` builds for `cfg`, with
+        its trained weights (the padding cut away): what `src.training.run` saves, minus optimizer state."""
+        widths = hidden_widths(cfg.model.units, cfg.model.layers, cfg.model.widths)
+        sizes = [N_INPUTS, *widths, self.last_weights[-1].shape[-1]]
+        model = dense_net(cfg.model, N_INPUTS, sizes[-1])
+        model.set_weights([w for layer, (i, o) in enumerate(zip(sizes[:-1], sizes[1:]))
+                           for w in (self.last_weights[2 * layer][k, :i, :o], self.last_weights[2 * layer + 1][k, :o])])
+        return model
 
     def _tensors(self, data: Splits) -> dict[str, Any]:
         """The data's arrays as backend tensors, converted once and kept while the same `Splits` comes back."""

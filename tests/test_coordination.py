@@ -21,7 +21,8 @@ from src.sweep.study import counts
 
 N_TRIALS = 6
 # Short trials that report every epoch (a median pruner that never prunes: 100 start-up trials).
-FAST = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600", "trainer.epochs=20",
+FAST = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.batch_trials=1",
+        "data.n_train=600", "trainer.epochs=20",
         "model.units=int(interval(8,64))",
         "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.pruner=median",
         "hydra.sweeper.pruners.median.n_startup_trials=100", "hydra.sweeper.heartbeat_interval=1",

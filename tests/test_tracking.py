@@ -73,7 +73,8 @@ def test_each_sweep_trial_is_an_mlflow_run_and_has_its_tensorboard_logs(tmp_path
 def test_the_tracking_uri_password_is_never_shown_or_written(tmp_path, data_dir, postgres):
     out, uri = tmp_path / "secret", postgres.new_database()
     result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1",
-                   f"hydra.sweeper.mlflow.tracking_uri={uri}", "hydra.sweeper.mlflow.experiment=secret")
+                   f"hydra.sweeper.mlflow.tracking_uri={uri}", "hydra.sweeper.mlflow.experiment=secret",
+                   "hydra.sweeper.batch_trials=8")  # the batched path writes the trial's .hydra/ itself
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
     assert run.data.tags["optuna.state"] == "COMPLETE"

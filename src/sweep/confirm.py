@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # engine imports this module
     from src.sweep.engine import Sweep
 
 SEED_KEYS = ("trainer.seed=", "data.seed=")
+SCORING_ONLY = {"trainer.test", "trainer.save_model", "trainer.verbose", "trainer.eval_batch_size"}  # test overrides
 
 
 @dataclass(frozen=True)
@@ -266,17 +267,20 @@ def _trained(sweep: Sweep, search: optuna.Study, run: Run) -> Path | None:
     return Path(run_dir) if run_dir and (Path(run_dir) / "model.keras").is_file() else None
 
 
-def _test_saved(sweep: Sweep, run: Run, searched: FrozenTrial, trained: Path, subdir: str) -> dict | BaseException:
-    """The winner's test scores for one seed from the model that run saved: the same network, not trained twice."""
-    cfg = sweep.runner.load(overrides(sweep, searched, run))
-    with open_dict(cfg):
-        del cfg["hydra"]
+def _test_saved(sweep: Sweep, run: Run, searched: FrozenTrial, trained: Path, subdir: str) -> dict | BaseException | None:
+    """The winner's test scores for one seed from the model that run saved: the same network, not trained
+    twice. None when a test override changes more than scoring (then the run trains again with it)."""
+    if any(o.lstrip("+").split("=")[0] not in SCORING_ONLY for o in sweep.settings.test_overrides):
+        return None
     try:
+        cfg = sweep.runner.load(overrides(sweep, searched, run))
+        with open_dict(cfg):
+            del cfg["hydra"]
         metrics = task.test_saved(cfg, str(trained), str(sweep.folder / subdir))
-    except Exception as e:
+        if subdir == "best":  # the winner's model where a sweep without confirmation puts it
+            shutil.copyfile(trained / "model.keras", sweep.folder / subdir / "model.keras")
+    except Exception as e:  # noqa: BLE001 - trained again instead, with a note
         return e
-    if subdir == "best":  # the winner's model where a sweep without confirmation puts it
-        shutil.copyfile(trained / "model.keras", sweep.folder / subdir / "model.keras")
     return metrics
 
 

@@ -7,6 +7,7 @@ the storage (see `study.py` for the rules that keep the budget exact and recover
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -30,7 +31,8 @@ from src.errors import UserError
 from src.sweep import confirm, progress, results, tracking, workers
 from src.sweep import study as studies
 from src.sweep.pruning import make_pruner
-from src.sweep.runner import Runner
+from src.sweep.batch import Batcher
+from src.sweep.runner import INTERRUPTED, Runner
 from src.sweep.samplers import grid_size, make_sampler
 from src.sweep.settings import SweeperSettings
 from src.sweep.space import SearchSpace, format_value, parse
@@ -221,6 +223,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
     study = sweep.open()
     sweep.runner.live = s.n_workers == 1 and sys.stdout.isatty()
     unclaimed = studies.Unclaimed(s.grace)
+    batcher = Batcher(sweep.runner, sweep.task_config) if s.batch_trials > 1 and "trainer" in sweep.task_config else None
     ran = 0
     while True:
         studies.fail_stale_trials(study)
@@ -248,20 +251,42 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
         if ran >= s.max_trials_per_worker:  # retire only for a trial to run: the replay and confirmation need no fresh process
             return workers.Exit.RETIRED
         with ExitStack() as claimed:
-            with workers.signals_held():  # the trial is created, beating and owned at once, or not at all
-                trial = study.ask()
-                claimed.enter_context(studies.heartbeat(study, trial))
-                trial.set_user_attr("worker", owner)
-            if not studies.within_budget(study.get_trials(deepcopy=False), trial.number, sweep.budget):
-                studies.give_back(study, studies.frozen(study, trial), "not run: another worker took the "
-                                  "study's last trial first", retry=False)
-                continue
-            ran += 1
+            share = math.ceil((sweep.budget - sum(map(studies.counts, trials))) / s.n_workers)  # workers stay even
+            room = s.max_failures - len(failed) if s.max_failure_rate is None else s.batch_trials  # stop on time
+            n = max(1, min(s.batch_trials, s.max_trials_per_worker - ran, share, room))
+            trials = _claim(sweep, study, owner, n, claimed)
+            ran += len(trials)
             try:
-                sweep.runner.run_trial(study, trial, s.pruning)
+                if batcher is not None:
+                    batcher.run(study, trials, s.pruning)
+                elif trials:
+                    sweep.runner.run_trial(study, trials[0], s.pruning)
+            except BaseException as e:  # Ctrl-C, or this worker stops on an error: every claimed trial not told
+                reason = str(e) or INTERRUPTED if isinstance(e, KeyboardInterrupt) else f"its worker stopped: {e}"
+                for trial in trials:  # yet goes back and is queued again (a no-op for told ones)
+                    studies.give_back(study, studies.frozen(study, trial), reason)
+                raise
             finally:
-                sweep.write_tables(study)
-        progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started, sweep.runner.live)
+                if trials:
+                    sweep.write_tables(study)
+        for trial in trials:
+            progress.print_trial(study, trial.number, sweep.budget, sweep.objectives[0], sweep.started, sweep.runner.live)
+
+
+def _claim(sweep: Sweep, study: optuna.Study, owner: str, n: int, claimed: ExitStack) -> list[optuna.Trial]:
+    """Up to `n` new trials for this worker, each created, beating and owned at once; none past the budget."""
+    trials: list[optuna.Trial] = []
+    while len(trials) < n and (not trials or studies.next_step(study.get_trials(deepcopy=False), sweep.budget) == "ask"):
+        with workers.signals_held():  # the trial is created, beating and owned at once, or not at all
+            trial = study.ask()
+            claimed.enter_context(studies.heartbeat(study, trial))
+            trial.set_user_attr("worker", owner)
+        if not studies.within_budget(study.get_trials(deepcopy=False), trial.number, sweep.budget):
+            studies.give_back(study, studies.frozen(study, trial), "not run: another worker took the "
+                              "study's last trial first", retry=False)
+            break
+        trials.append(trial)
+    return trials
 
 
 def give_back(sweep: Sweep, owner: str, reason: str) -> None:

@@ -43,6 +43,10 @@ class Runner:
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         """Draw the trial's params, train it, tell the study; Ctrl-C gives its slot back and re-raises."""
+        self.train_alone(study, trial, self.draw(study, trial), pruning)
+
+    def draw(self, study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's params (a queued retry keeps its own); a trial that cannot draw them is given back."""
         try:
             params = studies.suggest(trial, self.space.distributions)
             if self.extend is not None:
@@ -52,8 +56,16 @@ class Runner:
             studies.give_back(study, studies.frozen(study, trial), f"cannot draw params: {e}", retry=False)
             raise UserError(f"trial {trial.number}: cannot draw its params: {e}; set hydra.sweeper.study_name "
                             f"to start a new study") from None
-        hook = PruningHook(trial, self.objectives[0], pruning, report=len(self.objectives) == 1,
-                           show=progress.live_line(trial.number, self.objectives[0]) if self.live else None)
+        return params
+
+    def hook(self, trial: optuna.Trial, pruning: bool, live: bool = False) -> PruningHook:
+        """The per-epoch hook through which `trial` reports to the pruner (and to the live line)."""
+        return PruningHook(trial, self.objectives[0], pruning, report=len(self.objectives) == 1,
+                           show=progress.live_line(trial.number, self.objectives[0]) if live else None)
+
+    def train_alone(self, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], pruning: bool) -> None:
+        """Train a drawn trial as its own Hydra job in this process and tell the study."""
+        hook = self.hook(trial, pruning, live=self.live)
         token = current_hook.set(hook)
         try:
             outcome = self.run_job(self.space.overrides(params) + self.keep, trial.number)
@@ -64,6 +76,10 @@ class Runner:
             raise
         finally:
             current_hook.reset(token)
+        self.finish(study, trial, outcome, hook)
+
+    def finish(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, hook: PruningHook) -> None:
+        """Tell the study what the trial's task returned or raised (unless another worker failed it meanwhile)."""
         try:
             self.tell(study, trial, outcome, hook)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -95,9 +111,17 @@ class Runner:
     def run_job(self, overrides: list[str], number: int, subdir: str | None = None) -> Any:
         """Run the task on `overrides` as Hydra job `number`: what it returned, or the exception it raised."""
         try:
-            cfg = self.load(overrides)
+            cfg = self.job_config(overrides, number, subdir)
         except HydraException as e:
             return UserError(f"cannot compose {' '.join(overrides)}: {e}")
+        ret: JobReturn = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                 config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # as Hydra's launcher does
+        return ret._return_value
+
+    def job_config(self, overrides: list[str], number: int, subdir: str | None = None) -> DictConfig:
+        """Hydra job `number`'s config for `overrides`, its folder set, and no password in its hydra node."""
+        cfg = self.load(overrides)
         with open_dict(cfg):
             cfg.hydra.job.id = cfg.hydra.job.num = number
             if subdir is not None:
@@ -108,10 +132,7 @@ class Runner:
             if cfg.hydra.sweeper.get("mlflow") and cfg.hydra.sweeper.mlflow.get("tracking_uri"):
                 cfg.hydra.sweeper.mlflow.tracking_uri = self.mask(str(cfg.hydra.sweeper.mlflow.tracking_uri))
             cfg.hydra.overrides.hydra = [self.mask(o) for o in cfg.hydra.overrides.hydra]
-        ret: JobReturn = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                 config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # as Hydra's launcher does
-        return ret._return_value
+        return cfg
 
     def load(self, overrides: list[str]) -> DictConfig:
         """The job's config for `overrides`, hydra node included, as Hydra composes it for a sweep job."""

@@ -37,6 +37,7 @@ class SweeperSettings:
     n_trials: int = 20                    # the study's total of counted trials, over every command and machine
     n_workers: int = 1                    # worker processes of this command (capped at the cores and the trials left)
     max_trials_per_worker: int = 20       # then a fresh process takes over (keeps memory flat)
+    batch_trials: int = 1                 # trials a worker trains at once as one program (plain dense nets of one structure)
     worker_init: Optional[str] = None     # function(task_config) each worker process runs once, first
     heartbeat_interval: int = 10          # seconds between a running trial's heartbeats (Optuna's RDB/journal heartbeat)
     grace_period: Optional[int] = 30      # a running trial with no heartbeat for this long is failed and its slot given back
@@ -84,8 +85,8 @@ class SweeperSettings:
             raise UserError(f"hydra.sweeper.sampler={self.sampler}: give a sampler name or a block with _target_")
         if isinstance(self.pruner, dict) and "_target_" not in self.pruner:
             raise UserError(f"hydra.sweeper.pruner={self.pruner}: give a pruner name or a block with _target_")
-        for name in ("n_trials", "n_workers", "max_trials_per_worker", "max_failures", "heartbeat_interval",
-                     "leaderboard_size"):
+        for name in ("n_trials", "n_workers", "max_trials_per_worker", "batch_trials", "max_failures",
+                     "heartbeat_interval", "leaderboard_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"hydra.sweeper.{name}={value!r}: use an integer >= 1")

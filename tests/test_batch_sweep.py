@@ -1,0 +1,85 @@
+"""`hydra.sweeper.batch_trials`: K trials of a worker trained at once, written and told as if alone; the
+replay reproduces the best trial within seed noise; a config the batched path cannot express trains alone."""
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+
+import keras
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import run_cli
+from src.data import load
+
+# 8 small trials of two structures (1 or 2 layers), batched 4 at a time, with pruning and confirmation.
+SMALL = ["hydra.sweeper.params=null", "data.n_train=3000", "trainer.epochs=3", "model.units=int(interval(8,64))",
+         "model.layers=range(1,3)", "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=8",
+         "hydra.sweeper.pruner=median", "hydra.sweeper.pruners.median.n_startup_trials=2",
+         "hydra.sweeper.confirm.top_k=1", "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.batch_trials=4"]
+
+
+def test_batched_trials_are_written_and_told_as_if_alone(tmp_path, data_dir):
+    out = tmp_path / "batched"
+    result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *SMALL)
+    assert "trains alone" not in result.stdout
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials["number"].tolist() == list(range(8)) and set(trials["state"]) <= {"COMPLETE", "PRUNED"}
+    assert set(trials["model.layers"]) == {1, 2}  # both structures drawn
+    for _, row in trials.iterrows():
+        folder = out / "trials" / str(row["number"])
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        history = pd.read_csv(folder / "history.csv")
+        assert config["model"]["units"] == row["model.units"] and config["model"]["layers"] == row["model.layers"]
+        assert metrics["val_accuracy"] == row["val_accuracy"] == history["val_accuracy"].iloc[-1]
+        widths = [row["model.units"]] * row["model.layers"]
+        sizes = [784, *widths, 3]
+        assert metrics["param_count"] == sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))  # the narrow net's
+        if row["state"] == "PRUNED":  # stopped at the epoch its pruner said so; no model kept
+            assert len(history) == metrics["epochs"] <= 3 and not (folder / "model.keras").exists()
+        else:
+            assert len(history) == 3 and row["value"] == metrics["val_accuracy"]
+
+    # A complete trial's saved model is the network Keras builds, with the trained weights: same val accuracy.
+    done = trials[trials["state"] == "COMPLETE"].iloc[0]
+    cfg = OmegaConf.load(out / "trials" / str(done["number"]) / ".hydra" / "config.yaml")
+    cfg.data.path = str(data_dir)
+    data = load(cfg.data)
+    model = keras.models.load_model(out / "trials" / str(done["number"]) / "model.keras", compile=False)
+    accuracy = float(np.mean(model.predict(data.x_val, verbose=0).argmax(1) == data.y_val.argmax(1)))
+    assert abs(accuracy - done["val_accuracy"]) <= 1 / len(data.x_val)
+
+    # The best trial's replay (one at a time, Keras's fit) agrees within seed noise: over 4 seeds (the search's
+    # value is the best of 8, so biased upwards; the noise floor of one run is a few images of 600).
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    replay = shlex.split(best["command"])[3:]
+    scores = []
+    for seed in (0, 1, 2, 3):
+        run_cli("train", *replay, f"trainer.seed={seed}", f"hydra.run.dir={tmp_path / f'replay{seed}'}")
+        scores.append(json.loads((tmp_path / f"replay{seed}" / "metrics.json").read_text())["val_accuracy"])
+    searched = trials.set_index("number").loc[best["trial"], "val_accuracy"]
+    assert abs(searched - statistics.fmean(scores)) <= 3 * max(statistics.stdev(scores), 0.01), (searched, scores)
+
+
+def test_one_at_a_time_replays_exactly(tmp_path, data_dir):
+    out = tmp_path / "alone"
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *SMALL[:7], "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none",
+            "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.batch_trials=1")
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    run_cli("train", *shlex.split(best["command"])[3:], f"hydra.run.dir={tmp_path / 'replay'}")
+    assert json.loads((tmp_path / "replay" / "metrics.json").read_text())["val_accuracy"] == best["val_accuracy"]
+
+
+def test_a_config_the_batched_path_cannot_express_trains_alone(tmp_path, data_dir):
+    out = tmp_path / "alone"
+    result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "data.n_train=600",
+                     "trainer.epochs=1", "model.units=8,16", "model.batch_norm=true", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.batch_trials=2")
+    assert result.stdout.count("trains alone: the batched path trains plain dense networks") == 1
+    trials = pd.read_csv(out / "trials.csv")
+    assert (trials["state"] == "COMPLETE").all() and len(trials) == 2
+    assert (out / "trials" / "0" / ".hydra" / "hydra.yaml").is_file()  # a Hydra job of its own
