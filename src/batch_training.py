@@ -211,12 +211,12 @@ def _hash32(x: Any) -> Any:
 def dropout(h: Any, rate: Any, keys: Any, counter: Any) -> Any:
     """Keras's dropout of [K, B, H] activations: zero each unit with its trial's `rate` [K], scale the rest
     by 1 / (1 - rate). Uniform draws come from hashing (trial key, `counter`, unit position)."""
-    k, b, width = h.shape
+    _, b, width = h.shape  # K may be unknown: a program traced for groups of several sizes
     step_keys = _hash32(ops.bitwise_xor(keys, _hash32(ops.cast(counter, "uint32"))))  # [K]
     position = ops.reshape(ops.cast(ops.arange(b * width, dtype="int32"), "uint32"), (1, b, width))
-    bits = _hash32(ops.bitwise_xor(position, ops.reshape(step_keys, (k, 1, 1))))
+    bits = _hash32(ops.bitwise_xor(position, ops.reshape(step_keys, (-1, 1, 1))))
     uniform = ops.cast(ops.right_shift(bits, 8), "float32") * (1.0 / (1 << 24))
-    rate = ops.reshape(rate, (k, 1, 1))
+    rate = ops.reshape(rate, (-1, 1, 1))
     return ops.where(uniform >= rate, h / (1.0 - rate), 0.0)
 
 

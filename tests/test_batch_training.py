@@ -220,6 +220,11 @@ def test_same_structure_again_costs_no_trace(data_dir, bt):
     assert results[0]["history"]["loss"].iloc[0] != results[1]["history"]["loss"].iloc[0]  # the runtime values did arrive
     trainer.train_group([make_cfg(data_dir, "model.units=20", "model.layers=3", "trainer.epochs=1")])
     assert trainer.traces == 2  # a new structure: one trace
+    # groups of one structure but other sizes K (a sweep's batches): TensorFlow generalises K, dropout included
+    for k in (3, 1, 4):
+        group = [make_cfg(data_dir, "model.units=20", "model.dropout=0.2", f"trainer.seed={s}", "trainer.epochs=1")
+                 for s in range(k)]
+        assert [r.get("error") for r in trainer.train_group(group)] == [None] * k
 
 
 JAX_CHECK = textwrap.dedent("""
