@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from src.errors import UserError
 from src.sweep import progress
+from src.sweep.compose import Composer
 from src.sweep import study as studies
 from src.sweep.pruning import PruningHook, current_hook
 from src.sweep.space import SearchSpace
@@ -34,6 +35,7 @@ class Runner:
                  space: SearchSpace, objectives: list[str], folder: Path, mask: Callable[[str], str],
                  extend: Callable[[DictConfig, optuna.Trial], None] | None = None, keep_models: bool = False) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        self.composer = Composer(getattr(hydra_context, "config_loader", None), config)
         # each trial saves its model: the confirmation scores the winner's saved models on the test set
         self.keep = [SAVE_MODEL] if keep_models else []
         self.space, self.objectives, self.folder, self.mask = space, objectives, folder, mask
@@ -136,7 +138,7 @@ class Runner:
 
     def load(self, overrides: list[str]) -> DictConfig:
         """The job's config for `overrides`, hydra node included, as Hydra composes it for a sweep job."""
-        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        return self.composer.load(overrides)
 
     def compose(self, params: dict[str, Any], resolve: bool = True) -> Any:
         """The task's config for `params` (without the hydra node): a plain dict, or a DictConfig unresolved."""
