@@ -7,11 +7,14 @@ once: every weight carries a leading trial axis ([K, in, out] kernels, [K, out] 
 is one batched matmul. Hidden widths are padded up to a bucket (the next power of two, at least 8),
 with a 0/1 unit mask per trial, so trials of different widths share a program while each trains
 exactly its own, narrower network: the padded units are multiplied by 0, get zero gradients and stay
-exactly 0.
+exactly 0. Where a group is cheap (its trace would cost more than its arithmetic), depth and activation
+are runtime values too: one *mixed* program per coarse structure has the deepest layout seen, each trial
+picks its activation and skips the layers past its depth (they pass its activations through unchanged).
 
 Everything that differs between trials is a runtime tensor, never a Python constant baked into the
 trace: weights, learning rate, Adam's betas and epsilon, SGD's momentum, dropout rate, unit masks,
-shuffling orders, dropout keys, which trials are still training. So a new structure costs one trace
+shuffling orders, dropout keys, which trials are still training (in a mixed program, depth and
+activation too). So a new structure costs one trace
 and the same structure again costs none (`BatchTrainer` owns the cache of programs).
 
 Each trial's randomness comes from its own seed only (weights, each epoch's order, dropout masks), so a
@@ -71,6 +74,10 @@ OPTIMIZER_KNOBS = {"adam": {"beta_1", "beta_2", "epsilon", "amsgrad"}, "sgd": {"
 # Hidden activations that act on each unit alone: a padded unit cannot change a real unit's value.
 ELEMENTWISE = {"relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish", "tanh",
                "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "softplus", "softsign", "exponential", "linear"}
+# Those a cheap program may pick per trial at run time (each computed, one kept): all that cannot overflow,
+# since an unpicked inf would still turn the picked one's gradient into NaN.
+MIXABLE = ELEMENTWISE - {"exponential"}
+MAX_LAYERS = 1024  # dropout counters step by this per batch, so a layer's masks do not depend on the program's depth
 
 # Called after each epoch of each training trial with (trial index in the group, epoch from 1, that
 # epoch's logs: loss, accuracy, val_loss, val_accuracy); returns True to prune (freeze) that trial.
@@ -132,14 +139,31 @@ def group_key(cfg: Any) -> GroupKey | None:
                     loss="categorical_crossentropy", lr_schedule=trainer.get("lr_schedule", "constant"), optimizer=name)
 
 
-def common_key(cfgs: Sequence[Any]) -> GroupKey:
-    """The one structure `cfgs` train in: equal group keys but for the width buckets, each layer padded
-    to the widest bucket among them (so a sweeper may also merge groups of neighbouring widths)."""
-    keys = [group_key(cfg) for cfg in cfgs]
+def common_key(keys: Sequence[GroupKey | None]) -> GroupKey:
+    """The one exact structure trials of these group keys train in: equal keys but for the width buckets,
+    each layer padded to the widest bucket among them."""
     if None in keys or len({k._replace(buckets=len(k.buckets)) for k in keys}) > 1:
         raise UserError("train_group: the configs do not share one batchable structure (see group_key); "
                         "train such trials one at a time with src.training.run")
     return keys[0]._replace(buckets=tuple(max(b) for b in zip(*(k.buckets for k in keys))))
+
+
+def coarse(key: GroupKey) -> GroupKey:
+    """What cheap trials must share to train in one program: their key without widths, depth and (mixable)
+    activation, which such a program takes per trial (see `Program`)."""
+    return key._replace(buckets=(), activation="" if key.activation in MIXABLE else key.activation)
+
+
+class Program(NamedTuple):
+    """One compiled epoch program's static layout. An exact program (long groups) trains one depth and one
+    activation at per-layer buckets. A mixed one (cheap groups: a trace costs more than their arithmetic)
+    has `len(buckets)` layers of one width and `activations` to pick from: trial k uses its own activation
+    and its first depth[k] layers; the layers past them pass its activations through unchanged."""
+
+    structure: GroupKey  # the trials' shared key, buckets () (and activation "" when mixed)
+    buckets: tuple[int, ...]
+    activations: tuple[str, ...]
+    mixed: bool
 
 
 def group_trials(cfgs: Sequence[Any]) -> dict[GroupKey | None, list[Any]]:
@@ -166,15 +190,15 @@ def _rng(seed: int, *purpose: int) -> np.random.Generator:
 def init_weights(seed: int, widths: Sequence[int], buckets: Sequence[int], n_classes: int) -> list[np.ndarray]:
     """[kernel, bias, kernel, bias, ...] padded to `buckets`: glorot-uniform kernels drawn at the real
     shape (limit sqrt(6 / (fan_in + fan_out)) of the real widths, as `keras.layers.Dense`), zero biases;
-    the padded rows, columns and bias entries are 0."""
+    the padded rows, columns and bias entries are 0. With more buckets than widths (a mixed program),
+    the layers past the trial's depth are all 0 and the output layer comes last."""
     rng = _rng(seed, 0)
     real, padded = [N_INPUTS, *widths, n_classes], [N_INPUTS, *buckets, n_classes]
-    weights = []
-    for (fan_in, fan_out), (rows, cols) in zip(zip(real[:-1], real[1:]), zip(padded[:-1], padded[1:])):
+    slots = [*range(len(widths)), len(buckets)]  # where each real layer sits among the padded ones
+    weights = [np.zeros(shape, np.float32) for i, o in zip(padded[:-1], padded[1:]) for shape in ((i, o), (o,))]
+    for slot, fan_in, fan_out in zip(slots, real[:-1], real[1:]):
         limit = math.sqrt(6.0 / (fan_in + fan_out))
-        kernel = np.zeros((rows, cols), np.float32)
-        kernel[:fan_in, :fan_out] = rng.uniform(-limit, limit, (fan_in, fan_out))
-        weights += [kernel, np.zeros(cols, np.float32)]
+        weights[2 * slot][:fan_in, :fan_out] = rng.uniform(-limit, limit, (fan_in, fan_out))
     return weights
 
 
@@ -213,7 +237,9 @@ def dropout(h: Any, rate: Any, keys: Any, counter: Any) -> Any:
     by 1 / (1 - rate). Uniform draws come from hashing (trial key, `counter`, unit position)."""
     _, b, width = h.shape  # K may be unknown: a program traced for groups of several sizes
     step_keys = _hash32(ops.bitwise_xor(keys, _hash32(ops.cast(counter, "uint32"))))  # [K]
-    position = ops.reshape(ops.cast(ops.arange(b * width, dtype="int32"), "uint32"), (1, b, width))
+    # unit j of row i: the same position whatever the padded width, so a trial's masks do not depend on its group
+    position = ops.expand_dims(ops.arange(b, dtype="int32"), 1) * 65536 + ops.expand_dims(ops.arange(width, dtype="int32"), 0)
+    position = ops.reshape(ops.cast(position, "uint32"), (1, b, width))
     bits = _hash32(ops.bitwise_xor(position, ops.reshape(step_keys, (-1, 1, 1))))
     uniform = ops.cast(ops.right_shift(bits, 8), "float32") * (1.0 / (1 << 24))
     rate = ops.reshape(rate, (-1, 1, 1))
@@ -221,17 +247,35 @@ def dropout(h: Any, rate: Any, keys: Any, counter: Any) -> Any:
 
 
 def forward(weights: Sequence[Any], x: Any, masks: Sequence[Any], activation: Callable[[Any], Any],
-            drop: Callable[[Any, int], Any] | None = None) -> Any:
+            drop: Callable[[Any, int], Any] | None = None, depth: Any = None) -> Any:
     """Logits [K, B, classes] of K stacked networks. `x` is [K, B, 784] (each trial its own batch) or
     [B, 784] (shared, for scoring). Each hidden layer: batched matmul, bias, activation, then the trial's
-    0/1 unit mask, so padded units are exactly 0 and carry no gradient; then dropout when training."""
+    0/1 unit mask, so padded units are exactly 0 and carry no gradient; then dropout when training.
+    `depth` [K] (a mixed program): trial k's layers from depth[k] on pass h through unchanged."""
     h = x if len(x.shape) == 3 else ops.expand_dims(x, 0)
     for layer, mask in enumerate(masks):
         kernel, bias = weights[2 * layer], weights[2 * layer + 1]
-        h = activation(ops.matmul(h, kernel) + ops.expand_dims(bias, 1)) * ops.expand_dims(mask, 1)
+        new = activation(ops.matmul(h, kernel) + ops.expand_dims(bias, 1)) * ops.expand_dims(mask, 1)
         if drop is not None:
-            h = drop(h, layer)
+            new = drop(new, layer)
+        h = new if depth is None or layer == 0 else ops.where(ops.reshape(depth > layer, (-1, 1, 1)), new, h)
     return ops.matmul(h, weights[-2]) + ops.expand_dims(weights[-1], 1)
+
+
+def activation_of(names: Sequence[str], index: Any) -> Callable[[Any], Any]:
+    """The hidden activation of K trials: `names[index[k]]` for trial k (`index` [K]), or the one activation."""
+    functions = [keras.activations.get(name) for name in names]
+    if len(functions) == 1:
+        return functions[0]
+
+    def mixed(z: Any) -> Any:
+        pick = ops.reshape(index, (-1, 1, 1))
+        out = functions[0](z)
+        for i, function in enumerate(functions[1:], 1):
+            out = ops.where(ops.equal(pick, i), function(z), out)
+        return out
+
+    return mixed
 
 
 def sample_losses(logits: Any, y: Any) -> tuple[Any, Any]:
@@ -241,11 +285,12 @@ def sample_losses(logits: Any, y: Any) -> tuple[Any, Any]:
     return losses, correct
 
 
-def score(weights: Sequence[Any], x: Any, y: Any, masks: Sequence[Any], activation: Callable[[Any], Any]) -> tuple[Any, Any]:
+def score(weights: Sequence[Any], x: Any, y: Any, masks: Sequence[Any], activation: Callable[[Any], Any],
+          depth: Any = None) -> tuple[Any, Any]:
     """Mean loss and accuracy [K] of every trial on the shared (x, y), in slices of EVAL_ROWS rows."""
     loss_sum, correct_sum = 0.0, 0.0
     for start in range(0, x.shape[0], EVAL_ROWS):
-        logits = forward(weights, x[start:start + EVAL_ROWS], masks, activation)
+        logits = forward(weights, x[start:start + EVAL_ROWS], masks, activation, depth=depth)
         losses, correct = sample_losses(logits, ops.expand_dims(y[start:start + EVAL_ROWS], 0))
         loss_sum, correct_sum = loss_sum + ops.sum(losses, axis=1), correct_sum + ops.sum(correct, axis=1)
     return loss_sum / x.shape[0], correct_sum / x.shape[0]
@@ -339,21 +384,34 @@ class BatchTrainer:
         self.xla = xla
         self.traces = 0
         self.last_weights: list[np.ndarray] = []
-        self._programs: dict[tuple[GroupKey, bool], Callable[..., Any]] = {}
+        self._programs: dict[tuple[Program, bool], Callable[..., Any]] = {}
         self._device_data: tuple[Splits, dict[str, Any]] | None = None
-        self._widest: dict[GroupKey, tuple[int, ...]] = {}  # per structure: the buckets its cheap programs pad to
+        self._mixed: dict[GroupKey, Program] = {}  # per coarse structure: its mixed program so far (it only grows)
 
     def groups(self, cfgs: Sequence[DictConfig]) -> list[list[int]]:
-        """Indices of batchable `cfgs` to train together. One structure shares a program; where a group is
-        cheap (fewer than XLA_MIN_BATCHES batches: a trace costs more than the arithmetic) its widths share
-        the widest bucket seen for that structure, so a new width costs no trace; where it is long, only
-        equal buckets share (padding would cost arithmetic in every epoch)."""
+        """Indices of batchable `cfgs` to train together. Where a group is cheap (fewer than XLA_MIN_BATCHES
+        batches: a trace costs more than its arithmetic), trials of any width, depth and mixable activation
+        share one mixed program per coarse structure, so a new one costs no trace (or one, when it grows the
+        program); where it is long, only equal structures share (padding would cost arithmetic every epoch)."""
         out: dict[Any, list[int]] = {}
         for i, cfg in enumerate(cfgs):
             key = group_key(cfg)
-            cheap = self._cheap(len(load(cfg.data).x_train), cfg)
-            out.setdefault(key._replace(buckets=len(key.buckets)) if cheap else key, []).append(i)
+            out.setdefault(coarse(key) if self._cheap(len(load(cfg.data).x_train), cfg) else key, []).append(i)
         return list(out.values())
+
+    def layout(self, keys: Sequence[GroupKey], cheap: bool) -> Program:
+        """The program a group with these keys trains in: the mixed one of their coarse structure (grown to
+        fit them) when cheap and they share one, else an exact one (see `common_key`)."""
+        structure = coarse(keys[0])
+        if cheap and all(coarse(k) == structure for k in keys):
+            old = self._mixed.get(structure)
+            depth = max([len(k.buckets) for k in keys] + [len(old.buckets) if old else 0])
+            width = max([b for k in keys for b in k.buckets] + list(old.buckets if old else ()))
+            activations = sorted({k.activation for k in keys} | set(old.activations if old else ()))
+            self._mixed[structure] = Program(structure, (width,) * depth, tuple(activations), mixed=True)
+            return self._mixed[structure]
+        key = common_key(keys)
+        return Program(key._replace(buckets=()), key.buckets, (key.activation,), mixed=False)
 
     def _cheap(self, n_train: int, cfg: DictConfig) -> bool:
         return math.ceil(n_train / cfg.trainer.batch_size) * cfg.trainer.epochs < self.XLA_MIN_BATCHES
@@ -373,12 +431,12 @@ class BatchTrainer:
             return []
         for cfg in cfgs:
             check_config(cfg)
-        key = common_key(cfgs)
+        keys = [group_key(cfg) for cfg in cfgs]
+        if None in keys:
+            common_key(keys)  # raises the one-line error
         data = load(cfgs[0].data) if data is None else data
-        if all(self._cheap(len(data.x_train), c) for c in cfgs):  # pad to the widest program of this structure so far
-            structure = key._replace(buckets=len(key.buckets))
-            key = key._replace(buckets=tuple(map(max, key.buckets, self._widest.get(structure, key.buckets))))
-            self._widest[structure] = key.buckets
+        program = self.layout(keys, cheap=all(self._cheap(len(data.x_train), c) for c in cfgs))
+        key = program.structure
         if key.backend != keras.backend.backend():
             raise UserError(f"trainer.backend={key.backend}: this process runs Keras on {keras.backend.backend()}")
 
@@ -388,18 +446,21 @@ class BatchTrainer:
         widths = [hidden_widths(c.model.units, c.model.layers, c.model.widths) for c in cfgs]
         seeds, epochs = [int(c.trainer.seed) for c in cfgs], [int(c.trainer.epochs) for c in cfgs]
         weights = [ops.convert_to_tensor(np.stack(w)) for w in
-                   zip(*(init_weights(s, w, key.buckets, key.n_classes) for s, w in zip(seeds, widths)))]
+                   zip(*(init_weights(s, w, program.buckets, key.n_classes) for s, w in zip(seeds, widths)))]
         state = {"weights": weights, "m": [ops.zeros_like(w) for w in weights], "v": [ops.zeros_like(w) for w in weights],
                  "iterations": ops.zeros((len(cfgs),), "float32")}
         inputs = {
             **self._tensors(data),
-            "masks": [ops.convert_to_tensor(np.stack([np.arange(b) < w[layer] for w in widths]).astype(np.float32))
-                      for layer, b in enumerate(key.buckets)],
+            "masks": [ops.convert_to_tensor(np.stack([np.arange(b) < (w[layer] if layer < len(w) else 0) for w in widths])
+                                            .astype(np.float32)) for layer, b in enumerate(program.buckets)],
+            "depth": ops.convert_to_tensor(np.array([len(w) for w in widths], np.int32)),
+            "activation": ops.convert_to_tensor(np.array([program.activations.index(c.model.activation) for c in cfgs],
+                                                         np.int32)),
             "hp": self._hyperparameters(cfgs, steps),
             "keys": ops.convert_to_tensor(np.array([dropout_key(s) for s in seeds], np.uint32)),
             "batch_weights": ops.convert_to_tensor(batch_weights(n_train, steps, batch_size)),
         }
-        program = self._program(key, self._use_xla(steps * max(epochs)))
+        run_epoch = self._program(program, self._use_xla(steps * max(epochs)))
 
         # One program call per epoch for all trials; then each trial's logs, its hook and its state.
         status = ["training"] * len(cfgs)  # -> done | pruned | diverged
@@ -410,7 +471,7 @@ class BatchTrainer:
                 break
             order = np.stack([epoch_order(s, epoch, n_train, steps, batch_size) if a else np.zeros((steps, batch_size), np.int32)
                               for s, a in zip(seeds, active)])
-            state, logs = program(state, {**inputs, "order": ops.convert_to_tensor(order),
+            state, logs = run_epoch(state, {**inputs, "order": ops.convert_to_tensor(order),
                                           "active": ops.convert_to_tensor(np.array(active, np.float32)),
                                           "epoch": ops.convert_to_tensor(epoch, "int32")})
             logs = {name: ops.convert_to_numpy(value).astype(np.float64) for name, value in logs.items()}
@@ -426,7 +487,7 @@ class BatchTrainer:
                     status[k] = "pruned"
 
         self.last_weights = [ops.convert_to_numpy(w) for w in state["weights"]]
-        tested = self._test_scores(cfgs, state["weights"], inputs["masks"], data, key.activation)
+        tested = self._test_scores(cfgs, state["weights"], inputs, data, program)
         seconds = round((time.perf_counter() - start) / len(cfgs), 3)
         return [self._result(cfg, rows[k], status[k], widths[k], key.n_classes, data,
                              {name: values[k] for name, values in tested.items()}, seconds)
@@ -438,8 +499,9 @@ class BatchTrainer:
         widths = hidden_widths(cfg.model.units, cfg.model.layers, cfg.model.widths)
         sizes = [N_INPUTS, *widths, self.last_weights[-1].shape[-1]]
         model = dense_net(cfg.model, N_INPUTS, sizes[-1])
-        model.set_weights([w for layer, (i, o) in enumerate(zip(sizes[:-1], sizes[1:]))
-                           for w in (self.last_weights[2 * layer][k, :i, :o], self.last_weights[2 * layer + 1][k, :o])])
+        slots = [*range(len(widths)), len(self.last_weights) // 2 - 1]  # a mixed program's output layer is last
+        model.set_weights([w for slot, i, o in zip(slots, sizes[:-1], sizes[1:])
+                           for w in (self.last_weights[2 * slot][k, :i, :o], self.last_weights[2 * slot + 1][k, :o])])
         return model
 
     def _tensors(self, data: Splits) -> dict[str, Any]:
@@ -473,32 +535,34 @@ class BatchTrainer:
             return True
         return batches >= self.XLA_MIN_BATCHES if self.xla == "auto" else bool(self.xla)
 
-    def _program(self, key: GroupKey, xla: bool) -> Callable[..., Any]:
-        """The compiled epoch program of one structure, built on first use and kept."""
-        if (key, xla) not in self._programs:
-            self._programs[key, xla] = compile_program(self._epoch_program(key), xla)
-        return self._programs[key, xla]
+    def _program(self, program: Program, xla: bool) -> Callable[..., Any]:
+        """The compiled epoch program of one layout, built on first use and kept."""
+        if (program, xla) not in self._programs:
+            self._programs[program, xla] = compile_program(self._epoch_program(program), xla)
+        return self._programs[program, xla]
 
-    def _epoch_program(self, key: GroupKey) -> Callable[..., Any]:
+    def _epoch_program(self, program: Program) -> Callable[..., Any]:
         """`epoch(state, inputs) -> (state, logs)`: one epoch of K trials, then their validation scores.
 
-        Static (in the trace): depth, activation, dropout on/off, optimizer, schedule; the shapes (K,
-        buckets, batch size, steps). Everything else comes in `inputs` as tensors."""
-        n_layers, activation, update = len(key.buckets), keras.activations.get(key.activation), UPDATES[key.optimizer]
+        Static (in the trace): the layout (depth, activations), dropout on/off, optimizer, schedule; the
+        shapes (K, buckets, batch size, steps). Everything else comes in `inputs` as tensors."""
+        key, update = program.structure, UPDATES[program.structure.optimizer]
 
         def epoch(state: dict[str, Any], inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             self.traces += 1  # runs only while tracing
             hp, masks, active = inputs["hp"], inputs["masks"], inputs["active"]
+            activation = activation_of(program.activations, inputs["activation"])
+            depth = inputs["depth"] if program.mixed else None
             steps = inputs["order"].shape[1]
 
             def batch_loss(weights: list[Any], x: Any, y: Any, sample_weight: Any, step: Any) -> tuple[Any, Any]:
                 """Sum over trials of each trial's mean loss on its batch (so each trial's gradient is its
                 own); aux: (loss, correct count) per trial."""
                 def drop(h: Any, layer: int) -> Any:
-                    counter = ((inputs["epoch"] * steps + step) * n_layers + layer)
+                    counter = ((inputs["epoch"] * steps + step) * MAX_LAYERS + layer)
                     return dropout(h, hp["dropout"], inputs["keys"], counter)
 
-                logits = forward(weights, x, masks, activation, drop if key.dropout else None)
+                logits = forward(weights, x, masks, activation, drop if key.dropout else None, depth)
                 losses, correct = sample_losses(logits, y)
                 per_trial = ops.sum(losses * sample_weight, axis=1) / ops.sum(sample_weight)
                 return ops.sum(per_trial), (per_trial, ops.sum(correct * sample_weight, axis=1))
@@ -523,7 +587,7 @@ class BatchTrainer:
             zeros = ops.zeros_like(active)
             carry = ops.fori_loop(0, steps, train_step, {**state, "alive": active, "loss_sum": zeros, "correct_sum": zeros})
             n_train = ops.sum(inputs["batch_weights"])
-            val_loss, val_accuracy = score(carry["weights"], inputs["x_val"], inputs["y_val"], masks, activation)
+            val_loss, val_accuracy = score(carry["weights"], inputs["x_val"], inputs["y_val"], masks, activation, depth)
             logs = {"accuracy": carry["correct_sum"] / n_train, "loss": carry["loss_sum"] / n_train,
                     "val_accuracy": val_accuracy, "val_loss": val_loss}
             return {name: carry[name] for name in ("weights", "m", "v", "iterations")}, logs
@@ -531,13 +595,14 @@ class BatchTrainer:
         return epoch
 
     @staticmethod
-    def _test_scores(cfgs: Sequence[DictConfig], weights: list[Any], masks: list[Any], data: Splits,
-                     activation_name: str) -> dict[str, np.ndarray]:
+    def _test_scores(cfgs: Sequence[DictConfig], weights: list[Any], inputs: dict[str, Any], data: Splits,
+                     program: Program) -> dict[str, np.ndarray]:
         """Test loss and accuracy [K] when any trial asks for them (`trainer.test`), scored eagerly once."""
         if not any(c.trainer.test for c in cfgs):
             return {}
         loss, accuracy = score(weights, ops.convert_to_tensor(data.x_test), ops.convert_to_tensor(data.y_test),
-                               masks, keras.activations.get(activation_name))
+                               inputs["masks"], activation_of(program.activations, inputs["activation"]),
+                               inputs["depth"] if program.mixed else None)
         return {"test_loss": ops.convert_to_numpy(loss), "test_accuracy": ops.convert_to_numpy(accuracy)}
 
     @staticmethod

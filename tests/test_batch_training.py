@@ -271,3 +271,31 @@ def test_jax_backend_matches_one_at_a_time_and_the_tensorflow_batch(data_dir, bt
     tf_batch = bt.train_group([make_cfg(data_dir, *SEED_NOISE_OVERRIDES, f"trainer.seed={s}") for s in range(4)])
     tf_losses = [r["history"][["loss", "val_loss"]].values for r in tf_batch]
     np.testing.assert_allclose([r["losses"] for r in batched], tf_losses, rtol=1e-4)
+
+
+def test_one_program_mixes_depths_widths_and_activations(data_dir, bt):
+    """Cheap trials of any depth, width and activation train in one mixed program (one trace), each exactly as
+    it trains alone, dropout included (its masks do not depend on the padding), and each comes out as its own
+    Keras network."""
+    import keras
+
+    from src.data import load
+
+    cfgs = [make_cfg(data_dir, f"model.units={w}", f"model.layers={n}", f"model.activation={a}", "model.dropout=0.2",
+                     "trainer.epochs=2", f"trainer.seed={seed}")
+            for seed, (w, n, a) in enumerate([(10, 1, "relu"), (24, 2, "tanh"), (40, 3, "sigmoid"), (9, 2, "relu")])]
+    trainer = bt.BatchTrainer()
+    together = trainer.train_group(cfgs)
+    assert trainer.traces == 1 and [w.shape[1:] for w in trainer.last_weights[0::2]] == [(784, 64), (64, 64), (64, 64), (64, 3)]
+    data = load(cfgs[0].data)
+    for k, cfg in enumerate(cfgs):
+        model = trainer.keras_model(k, cfg)
+        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        assert model.count_params() == together[k]["param_count"] and len(dense) == cfg.model.layers + 1
+        predicted = np.argmax(model.predict(data.x_val, verbose=0), axis=1)
+        accuracy = np.mean(predicted == np.argmax(data.y_val, axis=1))
+        assert accuracy == pytest.approx(together[k]["val_accuracy"], abs=1.5 / len(data.x_val))
+    for k, cfg in enumerate(cfgs):
+        alone = bt.BatchTrainer().train_group([cfg])[0]
+        np.testing.assert_allclose(together[k]["history"].to_numpy(), alone["history"].to_numpy(), atol=1e-5)
+    assert keras.backend.backend() == "tensorflow"
