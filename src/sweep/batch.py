@@ -33,12 +33,15 @@ class Batcher:
 
         self.runner, self.trainer, self.noted = runner, BatchTrainer(), False
 
-    def run(self, study: optuna.Study, trials: list[optuna.Trial], pruning: bool) -> None:
-        """Train `trials` (claimed and beating) in as few programs as their structures allow; tell each."""
+    def run(self, study: optuna.Study, trials: list[optuna.Trial], pruning: bool) -> int:
+        """Train `trials` (claimed and beating) in as few programs as their structures allow; tell each.
+        Returns what counts towards `max_trials_per_worker`: each trial trained alone (it builds its own
+        Keras model) and each group (one program for them all)."""
         from src.batch_training import group_key
         from src.config import check
 
         batchable: list[Member] = []
+        alone = 0
         for trial in trials:
             params = self.runner.draw(study, trial)
             overrides = self.runner.space.overrides(params) + self.runner.keep
@@ -58,10 +61,13 @@ class Batcher:
                           f"(adam or sgd, cross-entropy, no batch norm, input dropout or callbacks)", flush=True)
                     self.noted = True
                 self.runner.train_alone(study, trial, params, pruning)
+                alone += 1
                 continue
             batchable.append((trial, job, cfg))
-        for group in self.trainer.groups([cfg for _, _, cfg in batchable]):
+        groups = self.trainer.groups([cfg for _, _, cfg in batchable])
+        for group in groups:
             self._train(study, [batchable[i] for i in group], pruning)
+        return alone + len(groups)
 
     def _train(self, study: optuna.Study, members: list[Member], pruning: bool) -> None:
         """One group as one program; then each trial's files and its result told."""

@@ -215,7 +215,8 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
     """One worker process: warm up, then ask, run, tell, rewrite the tables and print a line, until done.
 
     Returns DONE when no trial is left (slot 0 then replays the best trial on the test set), RETIRED after
-    `max_trials_per_worker` trials (a fresh process takes over: TensorFlow keeps a little memory per model).
+    `max_trials_per_worker` trials trained alone or batched groups (a fresh process takes over: TensorFlow keeps
+    a little memory per model and per program).
     """
     s = sweep.settings
     if s.worker_init:
@@ -255,12 +256,12 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
             room = s.max_failures - len(failed) if s.max_failure_rate is None else s.batch_trials  # stop on time
             n = max(1, min(s.batch_trials, s.max_trials_per_worker - ran, share, room))
             trials = _claim(sweep, study, owner, n, claimed)
-            ran += len(trials)
             try:
-                if batcher is not None:
-                    batcher.run(study, trials, s.pruning)
+                if batcher is not None:  # a batch counts its groups (one program each) and its trials trained alone
+                    ran += batcher.run(study, trials, s.pruning)
                 elif trials:
                     sweep.runner.run_trial(study, trials[0], s.pruning)
+                    ran += 1
             except BaseException as e:  # Ctrl-C, or this worker stops on an error: every claimed trial not told
                 reason = str(e) or INTERRUPTED if isinstance(e, KeyboardInterrupt) else f"its worker stopped: {e}"
                 for trial in trials:  # yet goes back and is queued again (a no-op for told ones)
