@@ -4,7 +4,8 @@ A small trial spends most of its time building and tracing a new Keras model (ab
 the arithmetic is a tenth. Here trials that share a structure (depth, activation, batch size, classes,
 dropout on or off, optimizer, data) share one compiled *epoch program*, and K of them train in it at
 once: every weight carries a leading trial axis ([K, in, out] kernels, [K, out] biases) and each layer
-is one batched matmul. Hidden widths are padded up to a bucket (the next power of two, at least 8),
+is one batched matmul. Hidden widths are padded up to a bucket (the next power of two, at least 8; for
+long trials, whose arithmetic outweighs a trace, the next multiple of 8),
 with a 0/1 unit mask per trial, so trials of different widths share a program while each trains
 exactly its own, narrower network: the padded units are multiplied by 0, get zero gradients and stay
 exactly 0. Where a group is cheap (its trace would cost more than its arithmetic), depth and activation
@@ -91,6 +92,12 @@ def bucket(width: int) -> int:
     return max(MIN_BUCKET, 1 << (int(width) - 1).bit_length())
 
 
+def fine_bucket(width: int) -> int:
+    """The padded width of a long trial's layer: the next multiple of 8. Its arithmetic outweighs a trace,
+    so it pads little (a power of two would add up to 2x per layer) and shares a program less often."""
+    return max(MIN_BUCKET, -(-int(width) // 8) * 8)
+
+
 class GroupKey(NamedTuple):
     """The structure trials share to train in one program (hashable: a dict key). The number of hidden
     layers is len(buckets); learning rate, optimizer knobs, dropout rate, epochs and seed are runtime
@@ -154,6 +161,9 @@ def coarse(key: GroupKey) -> GroupKey:
     return key._replace(buckets=(), activation="" if key.activation in MIXABLE else key.activation)
 
 
+MIX_MACS = 1e9  # most forward multiply-adds of a trial in a mixed program (over its epochs): ~ a trace's time
+
+
 class Program(NamedTuple):
     """One compiled epoch program's static layout. An exact program (long groups) trains one depth and one
     activation at per-layer buckets. A mixed one (cheap groups: a trace costs more than their arithmetic)
@@ -164,6 +174,25 @@ class Program(NamedTuple):
     buckets: tuple[int, ...]
     activations: tuple[str, ...]
     mixed: bool
+
+    def macs(self) -> int:
+        """Multiply-adds of one sample's forward pass (per trial)."""
+        sizes = [N_INPUTS, *self.buckets, self.structure.n_classes]
+        return sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+
+
+def _grow(program: Program | None, structure: GroupKey, keys: Sequence[GroupKey]) -> Program:
+    """The mixed program of `structure` grown to fit `keys` too (deepest, widest, every activation)."""
+    old = [] if program is None else [program.buckets]
+    depth = max(len(b) for b in [*old, *(k.buckets for k in keys)])
+    width = max(max(b) for b in [*old, *(k.buckets for k in keys)])
+    activations = {k.activation for k in keys} | set(program.activations if program else ())
+    return Program(structure, (width,) * depth, tuple(sorted(activations)), mixed=True)
+
+
+def _exact(key: GroupKey) -> Program:
+    """The program of exactly `key`'s structure."""
+    return Program(key._replace(buckets=()), key.buckets, (key.activation,), mixed=False)
 
 
 def group_trials(cfgs: Sequence[Any]) -> dict[GroupKey | None, list[Any]]:
@@ -388,42 +417,42 @@ class BatchTrainer:
         self._device_data: tuple[Splits, dict[str, Any]] | None = None
         self._mixed: dict[GroupKey, Program] = {}  # per coarse structure: its mixed program so far (it only grows)
 
-    def groups(self, cfgs: Sequence[DictConfig]) -> list[list[int]]:
-        """Indices of batchable `cfgs` to train together. Where a group is cheap (fewer than XLA_MIN_BATCHES
-        batches: a trace costs more than its arithmetic), trials of any width, depth and mixable activation
-        share one mixed program per coarse structure, so a new one costs no trace (or one, when it grows the
-        program); where it is long, only equal structures share (padding would cost arithmetic every epoch)."""
-        out: dict[Any, list[int]] = {}
+    def groups(self, cfgs: Sequence[DictConfig]) -> list[tuple[list[int], Program]]:
+        """Which of the batchable `cfgs` train together, and in which program. Cheap trials (fewer than
+        XLA_MIN_BATCHES batches: a trace costs more than their arithmetic) of one coarse structure share its
+        mixed program whatever their width, depth and activation, so a new one costs no trace (or one, when
+        it grows the program), as long as padding stays cheap: each trial's forward passes in that program
+        cost at most MIX_MACS multiply-adds. The others share only an exact structure, each width padded to a
+        multiple of 8 (padding would cost arithmetic every epoch). The mixed programs are kept as grown."""
+        exact: dict[GroupKey, list[int]] = {}
+        mixed: dict[GroupKey, tuple[list[int], Program, int]] = {}  # members, program, their most samples
         for i, cfg in enumerate(cfgs):
-            key = group_key(cfg)
-            out.setdefault(coarse(key) if self._cheap(len(load(cfg.data).x_train), cfg) else key, []).append(i)
-        return list(out.values())
-
-    def layout(self, keys: Sequence[GroupKey], cheap: bool) -> Program:
-        """The program a group with these keys trains in: the mixed one of their coarse structure (grown to
-        fit them) when cheap and they share one, else an exact one (see `common_key`)."""
-        structure = coarse(keys[0])
-        if cheap and all(coarse(k) == structure for k in keys):
-            old = self._mixed.get(structure)
-            depth = max([len(k.buckets) for k in keys] + [len(old.buckets) if old else 0])
-            width = max([b for k in keys for b in k.buckets] + list(old.buckets if old else ()))
-            activations = sorted({k.activation for k in keys} | set(old.activations if old else ()))
-            self._mixed[structure] = Program(structure, (width,) * depth, tuple(activations), mixed=True)
-            return self._mixed[structure]
-        key = common_key(keys)
-        return Program(key._replace(buckets=()), key.buckets, (key.activation,), mixed=False)
+            key, n_train = group_key(cfg), len(load(cfg.data).x_train)
+            structure, samples = coarse(key), n_train * int(cfg.trainer.epochs)
+            members, program, most = mixed.get(structure, ([], self._mixed.get(structure), 0))
+            grown = _grow(program, structure, [key])
+            if self._cheap(n_train, cfg) and max(most, samples) * grown.macs() <= MIX_MACS:
+                mixed[structure] = ([*members, i], grown, max(most, samples))
+            else:
+                widths = hidden_widths(cfg.model.units, cfg.model.layers, cfg.model.widths)
+                exact.setdefault(key._replace(buckets=tuple(map(fine_bucket, widths))), []).append(i)
+        for structure, (_, program, _) in mixed.items():
+            self._mixed[structure] = program
+        return [(members, program) for members, program, _ in mixed.values()] + [
+            (members, _exact(key)) for key, members in exact.items()]
 
     def _cheap(self, n_train: int, cfg: DictConfig) -> bool:
         return math.ceil(n_train / cfg.trainer.batch_size) * cfg.trainer.epochs < self.XLA_MIN_BATCHES
 
     def train_group(self, cfgs: Sequence[DictConfig], data: Splits | None = None,
-                    on_epoch: GroupEpochHook | None = None) -> list[dict[str, Any]]:
+                    on_epoch: GroupEpochHook | None = None, program: Program | None = None) -> list[dict[str, Any]]:
         """Train every config of `cfgs` at once; return per trial the metrics `src.training.run` writes to
         metrics.json plus `history` (a DataFrame: epoch, accuracy, loss, val_accuracy, val_loss) and, for a
         trial whose loss became NaN, `error: diverged` (the others train on).
 
-        The configs must have equal group keys but for their width buckets: every layer pads to the widest
-        bucket among them. `data` defaults to `load(cfgs[0].data)`. `seconds` is the group's wall time
+        `program` is the one `groups` chose for them; by default, the one it would choose (they must fit one:
+        cheap trials of one coarse structure, or equal keys but for their width buckets, each layer then
+        padded to the widest). `data` defaults to `load(cfgs[0].data)`. `seconds` is the group's wall time
         divided by K. `on_epoch(k, epoch, logs)` is called after each epoch of each trial still training
         (not one that diverged); True prunes (freezes) trial k."""
         start = time.perf_counter()
@@ -431,11 +460,10 @@ class BatchTrainer:
             return []
         for cfg in cfgs:
             check_config(cfg)
-        keys = [group_key(cfg) for cfg in cfgs]
-        if None in keys:
-            common_key(keys)  # raises the one-line error
         data = load(cfgs[0].data) if data is None else data
-        program = self.layout(keys, cheap=all(self._cheap(len(data.x_train), c) for c in cfgs))
+        if program is None:  # as `groups` would place them: one program, or the one-line error
+            planned = self.groups(cfgs) if None not in map(group_key, cfgs) else []
+            program = planned[0][1] if len(planned) == 1 else _exact(common_key(list(map(group_key, cfgs))))
         key = program.structure
         if key.backend != keras.backend.backend():
             raise UserError(f"trainer.backend={key.backend}: this process runs Keras on {keras.backend.backend()}")

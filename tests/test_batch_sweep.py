@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,11 +16,12 @@ from omegaconf import OmegaConf
 from conftest import run_cli
 from src.data import load
 
-# 8 small trials of two structures (1 or 2 layers), batched 4 at a time, with pruning and confirmation.
+# 8 small trials of two structures (1 or 2 layers), batched 4 at a time, with pruning and confirmation (the
+# top 2 retrained with one more seed, both runs trained together).
 SMALL = ["hydra.sweeper.params=null", "data.n_train=3000", "trainer.epochs=3", "model.units=int(interval(8,64))",
          "model.layers=range(1,3)", "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=8",
          "hydra.sweeper.pruner=median", "hydra.sweeper.pruners.median.n_startup_trials=2",
-         "hydra.sweeper.confirm.top_k=1", "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.batch_trials=4"]
+         "hydra.sweeper.confirm.top_k=2", "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.batch_trials=4"]
 
 
 def test_batched_trials_are_written_and_told_as_if_alone(tmp_path, data_dir):
@@ -43,6 +45,17 @@ def test_batched_trials_are_written_and_told_as_if_alone(tmp_path, data_dir):
             assert len(history) == metrics["epochs"] <= 3 and not (folder / "model.keras").exists()
         else:
             assert len(history) == 3 and row["value"] == metrics["val_accuracy"]
+
+    # The confirmation runs, trained together: each folder as a trial's, with its own seed and model.
+    runs = pd.read_csv(out / "confirm.csv")
+    retrained = runs[runs["run"] == "confirm"]
+    assert len(retrained) == 2 and (retrained["state"] == "COMPLETE").all()
+    for _, run in retrained.iterrows():
+        config = yaml.safe_load((Path(run["run_dir"]) / ".hydra" / "config.yaml").read_text())
+        metrics = json.loads((Path(run["run_dir"]) / "metrics.json").read_text())
+        searched = trials.set_index("number").loc[run["config"]]
+        assert config["trainer"]["seed"] == run["seed"] != 0 and config["model"]["units"] == searched["model.units"]
+        assert metrics["val_accuracy"] == run["val_accuracy"] and (Path(run["run_dir"]) / "model.keras").is_file()
 
     # A complete trial's saved model is the network Keras builds, with the trained weights: same val accuracy.
     done = trials[trials["state"] == "COMPLETE"].iloc[0]

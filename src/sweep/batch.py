@@ -9,7 +9,7 @@ alone, with a note.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from hydra.errors import HydraException
@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.backend import use_backend
 from src.errors import UserError
 from src.files import write_csv, write_json, write_text
-from src.sweep.pruning import PruningHook
+from src.sweep.pruning import PruningHook, current_hook
 from src.sweep.runner import Runner
 
-Member = tuple[optuna.Trial, DictConfig, DictConfig]  # the trial, its Hydra job config, its task config
+Member = tuple[int, DictConfig, DictConfig]  # the job's index, its Hydra job config, its task config
+Told = Callable[[int, Any], None]  # (job index, what its task returned or raised): tell the study
 
 
 class Batcher:
@@ -34,71 +35,91 @@ class Batcher:
         self.runner, self.trainer, self.noted = runner, BatchTrainer(), False
 
     def run(self, study: optuna.Study, trials: list[optuna.Trial], pruning: bool) -> int:
-        """Train `trials` (claimed and beating) in as few programs as their structures allow; tell each.
-        Returns what counts towards `max_trials_per_worker`: each trial trained alone (it builds its own
-        Keras model) and each group (one program for them all)."""
+        """Search trials (claimed and beating): draw each one's params, train them in as few programs as their
+        structures allow, tell each. Returns what counts towards `max_trials_per_worker` (see `train`)."""
+        jobs, hooks, told = [], [], []
+        for trial in trials:
+            overrides = self.runner.space.overrides(self.runner.draw(study, trial)) + self.runner.keep
+            hook = self.runner.hook(trial, pruning)
+            try:
+                jobs.append(self.runner.job_config(overrides, trial.number))
+            except HydraException as e:  # as the task would fail alone: that trial FAIL, with one line
+                self.runner.finish(study, trial, UserError(f"cannot compose {' '.join(overrides)}: {e}"), hook)
+                continue
+            hooks.append(hook)
+            told.append(lambda outcome, trial=trial, hook=hook: self.runner.finish(study, trial, outcome, hook))
+        return self.train(jobs, lambda i, outcome: told[i](outcome), hooks)
+
+    def train(self, jobs: list[DictConfig], told: Told, hooks: list[PruningHook | None]) -> int:
+        """Train Hydra jobs (their composed configs) in as few programs as their structures allow, each
+        reporting its epochs to its hook; `told(i, outcome)` as each ends. A job the batched path cannot
+        express runs alone as a Hydra job, with a note. Returns what counts towards `max_trials_per_worker`:
+        each job trained alone (it builds its own Keras model) and each group (one program for them all)."""
         from src.batch_training import group_key
         from src.config import check
 
         batchable: list[Member] = []
         alone = 0
-        for trial in trials:
-            params = self.runner.draw(study, trial)
-            overrides = self.runner.space.overrides(params) + self.runner.keep
+        for i, job in enumerate(jobs):
             try:
-                job = self.runner.job_config(overrides, trial.number)
                 cfg = _task_config(job)
                 check(cfg)
                 key = group_key(cfg)
-            except Exception as e:  # as the task would fail alone: that trial FAIL, with one line
-                message = f"cannot compose {' '.join(overrides)}: {e}" if isinstance(e, HydraException) else e
-                self.runner.finish(study, trial, UserError(message) if isinstance(message, str) else message,
-                                   self.runner.hook(trial, pruning))
+            except Exception as e:  # noqa: BLE001 - as the task would fail alone
+                told(i, e)
                 continue
-            if key is None:
-                if not self.noted:
-                    print(f"note: trial {trial.number} trains alone: the batched path trains plain dense networks "
-                          f"(adam or sgd, cross-entropy, no batch norm, input dropout or callbacks)", flush=True)
-                    self.noted = True
-                self.runner.train_alone(study, trial, params, pruning)
-                alone += 1
+            if key is not None:
+                batchable.append((i, job, cfg))
                 continue
-            batchable.append((trial, job, cfg))
+            if not self.noted:
+                print(f"note: {job.hydra.sweep.subdir} trains alone: the batched path trains plain dense networks "
+                      f"(adam or sgd, cross-entropy, no batch norm, input dropout or callbacks)", flush=True)
+                self.noted = True
+            token = current_hook.set(hooks[i])
+            try:
+                outcome = self.runner.run_config(job)
+            except Exception as e:  # noqa: BLE001 - Hydra's own steps around the task: the job failed
+                outcome = e
+            finally:
+                current_hook.reset(token)
+            alone += 1
+            told(i, outcome)
         groups = self.trainer.groups([cfg for _, _, cfg in batchable])
-        for group in groups:
-            self._train(study, [batchable[i] for i in group], pruning)
+        for group, program in groups:
+            self._train([batchable[g] for g in group], program, told, hooks)
         return alone + len(groups)
 
-    def _train(self, study: optuna.Study, members: list[Member], pruning: bool) -> None:
-        """One group as one program; then each trial's files and its result told."""
-        hooks = [self.runner.hook(trial, pruning) for trial, _, _ in members]
+    def _train(self, members: list[Member], program: Any, told: Told, hooks: list[PruningHook | None]) -> None:
+        """One group as one program; then each job's files, and its outcome told."""
         errors: dict[int, Exception] = {}
 
         def report(k: int, epoch: int, logs: dict[str, float]) -> bool:
-            """Trial k's epoch to its pruner; a storage error there stops that trial only, as it would alone."""
+            """Member k's epoch to its pruner; a storage error there stops that trial only, as it would alone."""
+            hook = hooks[members[k][0]]
             try:
-                return hooks[k](epoch, logs)
+                return hook(epoch, logs) if hook is not None else False
             except Exception as e:  # noqa: BLE001
                 errors[k] = e
                 return True
 
-        for hook, (_, _, cfg) in zip(hooks, members):
-            hook.epochs = cfg.trainer.epochs
+        for i, _, cfg in members:
+            if hooks[i] is not None:
+                hooks[i].epochs = cfg.trainer.epochs
         try:
-            results: list[Any] = self.trainer.train_group([cfg for _, _, cfg in members], on_epoch=report)
+            results: list[Any] = self.trainer.train_group([cfg for _, _, cfg in members], on_epoch=report, program=program)
         except Exception as e:  # noqa: BLE001 - what would fail each trial alone fails each here
             results = [e] * len(members)
-        for k, ((trial, job, cfg), result, hook) in enumerate(zip(members, results, hooks)):
+        for k, ((i, job, cfg), result) in enumerate(zip(members, results)):
             try:
                 outcome = errors.get(k) or result
                 if not isinstance(outcome, BaseException):
-                    outcome = self._write(k, job, cfg, outcome, hook)
+                    outcome = self._write(k, job, cfg, outcome, hooks[i])
             except Exception as e:  # noqa: BLE001 - e.g. a full disk: this trial FAIL, as Hydra's job would
                 outcome = e
-            self.runner.finish(study, trial, outcome, hook)
+            told(i, outcome)
 
     def _write(self, k: int, job: DictConfig, cfg: DictConfig, metrics: dict[str, Any],
-               hook: PruningHook) -> dict[str, Any] | UserError:
+               hook: PruningHook | None) -> dict[str, Any] | UserError:
         """Trial k's folder as `src.training.run` and Hydra's job leave it (its log aside: a batch trains in
     one program); its metrics, or its divergence."""
         out = self.runner.folder / str(job.hydra.sweep.subdir)
@@ -111,7 +132,7 @@ class Batcher:
         if metrics.get("error") == "diverged":
             return UserError(f"diverged: the loss became NaN in epoch {len(history)} "
                              f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
-        if cfg.trainer.get("save_model") and hook.pruned_at is None:  # a pruned trial is never a winner
+        if cfg.trainer.get("save_model") and (hook is None or hook.pruned_at is None):  # a pruned trial is never a winner
             self.trainer.keras_model(k, cfg).save(out / "model.keras")
         return metrics
 

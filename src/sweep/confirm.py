@@ -10,6 +10,7 @@ every command computes the same list.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
+from hydra.errors import HydraException
 from omegaconf import open_dict
 from optuna.trial import FrozenTrial, TrialState
 
@@ -30,6 +32,7 @@ from src.sweep import task, workers
 from src.sweep.runner import SAVE_MODEL
 
 if TYPE_CHECKING:  # engine imports this module
+    from src.sweep.batch import Batcher
     from src.sweep.engine import Sweep
 
 SEED_KEYS = ("trainer.seed=", "data.seed=")
@@ -77,8 +80,9 @@ def finished(sweep: Sweep) -> bool:
     return bool(trials) and all(t.state.is_finished() for t in trials)
 
 
-def work(sweep: Sweep, slot: int, owner: str) -> None:
-    """This worker's share of the confirmation runs, then of the winner's test runs; returns when both are done."""
+def work(sweep: Sweep, slot: int, owner: str, batcher: Batcher | None = None) -> None:
+    """This worker's share of the confirmation runs (K at a time with a `batcher`, as the search's trials),
+    then of the winner's test runs; returns when both are done."""
     search = sweep.open()
     k, r = sweep.settings.confirm.top_k, sweep.settings.confirm.seeds
     best = top(search, k)
@@ -86,7 +90,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> None:
         return
     runs = [Run(t.number, seeds_of(sweep, t)[0] + i) for t in best for i in range(1, r + 1)]
     confirm = _queue(sweep, f"{sweep.name}:confirm", runs)
-    _drain(sweep, search, confirm, owner, "confirm", len(runs))
+    _drain(sweep, search, confirm, owner, "confirm", len(runs), batcher)
     winner = summary(search, confirm, None, sweep.objectives[0])["winner"]
     if winner is None:  # every confirmation run failed: nothing to test
         return
@@ -196,40 +200,53 @@ def _fill(study: optuna.Study, runs: list[Run]) -> None:
         study.enqueue_trial({"config": run.config, "seed": run.seed}, skip_if_exists=True)
 
 
-def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, kind: str, total: int) -> None:
-    """Run queued runs until none is waiting, then wait for the other workers' runs to end."""
+def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, kind: str, total: int,
+           batcher: Batcher | None = None) -> None:
+    """Run queued runs until none is waiting, then wait for the other workers' runs to end. With a `batcher`,
+    a worker claims up to batch_trials runs at once (its even share of those waiting) and trains them together."""
     unclaimed = studies.Unclaimed(sweep.settings.grace)
     while True:
         studies.fail_stale_trials(queue)
         unclaimed.give_back(queue, queue.get_trials(deepcopy=False))
         trials = queue.get_trials(deepcopy=False)
-        if not any(t.state == TrialState.WAITING for t in trials):
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if not waiting:
             if any(t.state == TrialState.RUNNING for t in trials):
                 time.sleep(min(2.0, sweep.settings.heartbeat_interval))
                 continue
             return
+        share = math.ceil(waiting / sweep.settings.n_workers)
+        n = 1 if batcher is None or kind == "test" else min(sweep.settings.batch_trials, share)  # tests train nothing
         with ExitStack() as claimed:
-            with workers.signals_held():  # created, beating and owned at once, as in the search
-                trial = queue.ask()
-                claimed.enter_context(studies.heartbeat(queue, trial))
-                trial.set_user_attr("worker", owner)
+            asked: list[optuna.Trial] = []
+            runs: list[tuple[optuna.Trial, Run]] = []
             try:
-                fixed = studies.frozen(queue, trial).system_attrs.get("fixed_params")
-                if not fixed:  # a waiting run was taken by another worker between our look and our ask
-                    studies.give_back(queue, studies.frozen(queue, trial), "not run: no queued run left", retry=False)
-                    continue
-                trial.suggest_int("config", 0, 2**31 - 1)
-                trial.suggest_int("seed", -2**31, 2**31 - 1)
-                _run_one(sweep, search, queue, trial, Run(int(fixed["config"]), int(fixed["seed"]), kind == "test"),
-                         kind, total)
-            except KeyboardInterrupt as e:  # queued again from its fixed params, drawn or not (a no-op once told)
-                studies.give_back(queue, studies.frozen(queue, trial), str(e) or "interrupted by Ctrl-C")
+                for _ in range(n):
+                    with workers.signals_held():  # created, beating and owned at once, as in the search
+                        trial = queue.ask()
+                        claimed.enter_context(studies.heartbeat(queue, trial))
+                        trial.set_user_attr("worker", owner)
+                        asked.append(trial)
+                    fixed = studies.frozen(queue, trial).system_attrs.get("fixed_params")
+                    if not fixed:  # a waiting run was taken by another worker between our look and our ask
+                        studies.give_back(queue, studies.frozen(queue, trial), "not run: no queued run left", retry=False)
+                        break
+                    trial.suggest_int("config", 0, 2**31 - 1)
+                    trial.suggest_int("seed", -2**31, 2**31 - 1)
+                    runs.append((trial, Run(int(fixed["config"]), int(fixed["seed"]), kind == "test")))
+                if batcher is not None and len(runs) > 1:
+                    _run_batch(sweep, search, queue, runs, kind, total, batcher)
+                elif runs:
+                    _run_one(sweep, search, queue, *runs[0], kind, total)
+            except KeyboardInterrupt as e:  # queued again from their fixed params, drawn or not (a no-op once told)
+                for trial in asked:
+                    studies.give_back(queue, studies.frozen(queue, trial), str(e) or "interrupted by Ctrl-C")
                 raise
 
 
 def _run_one(sweep: Sweep, search: optuna.Study, queue: optuna.Study, trial: optuna.Trial, run: Run,
              kind: str, total: int) -> None:
-    metric, searched = sweep.objectives[0], _trial(search, run.config)
+    searched = _trial(search, run.config)
     subdir = "best" if run.test and run.seed == seeds_of(sweep, searched)[0] else f"{kind}/{trial.number}"
     trial.set_user_attr("run_dir", f"{sweep.folder}/{subdir}")
     trained = _trained(sweep, search, run) if run.test else None
@@ -238,6 +255,30 @@ def _run_one(sweep: Sweep, search: optuna.Study, queue: optuna.Study, trial: opt
         if outcome is not None:
             print(f"note: the saved model in {trained} cannot be scored ({outcome}); training it again", flush=True)
         outcome = sweep.runner.run_job(overrides(sweep, searched, run), trial.number, subdir=subdir)
+    _record(sweep, search, queue, trial, run, kind, total, outcome)
+
+
+def _run_batch(sweep: Sweep, search: optuna.Study, queue: optuna.Study, runs: list[tuple[optuna.Trial, Run]],
+               kind: str, total: int, batcher: Batcher) -> None:
+    """Confirmation runs trained together, as the search's batched trials; each written and told as if alone."""
+    jobs, claimed = [], []
+    for trial, run in runs:
+        subdir = f"{kind}/{trial.number}"
+        trial.set_user_attr("run_dir", f"{sweep.folder}/{subdir}")
+        run_overrides = overrides(sweep, _trial(search, run.config), run)
+        try:
+            jobs.append(sweep.runner.job_config(run_overrides, trial.number, subdir))
+        except HydraException as e:
+            _record(sweep, search, queue, trial, run, kind, total, UserError(f"cannot compose {' '.join(run_overrides)}: {e}"))
+            continue
+        claimed.append((trial, run))
+    batcher.train(jobs, lambda i, outcome: _record(sweep, search, queue, *claimed[i], kind, total, outcome), [None] * len(jobs))
+
+
+def _record(sweep: Sweep, search: optuna.Study, queue: optuna.Study, trial: optuna.Trial, run: Run, kind: str,
+            total: int, outcome: Any) -> None:
+    """Tell the queue what a run's task returned or raised, print its line, rewrite confirm.csv."""
+    metric = sweep.objectives[0]
     if isinstance(outcome, BaseException) or not isinstance(outcome, dict) or outcome.get(metric) is None:
         message = str(outcome).splitlines()[0] if isinstance(outcome, BaseException) and str(outcome) else repr(outcome)
         trial.set_user_attr("error", message)

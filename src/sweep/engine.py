@@ -242,7 +242,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
         step = studies.next_step(trials, sweep.budget)
         if step == "done":
             if s.confirm.top_k:  # the top k retrained with more seeds; the winner tested once per seed
-                confirm.work(sweep, slot, owner)
+                confirm.work(sweep, slot, owner, batcher)
             elif slot == 0:
                 sweep.runner.test_best(study, list(s.test_overrides))
             return workers.Exit.DONE

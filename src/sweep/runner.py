@@ -116,6 +116,10 @@ class Runner:
             cfg = self.job_config(overrides, number, subdir)
         except HydraException as e:
             return UserError(f"cannot compose {' '.join(overrides)}: {e}")
+        return self.run_config(cfg)
+
+    def run_config(self, cfg: DictConfig) -> Any:
+        """Run the task as the Hydra job `cfg` (from `job_config`): what it returned, or the exception it raised."""
         ret: JobReturn = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
                                  config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # as Hydra's launcher does
