@@ -199,7 +199,14 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
     assert trials["model.units"].is_unique  # the workers share one grid order: no point twice
     sweep(out, *args, "hydra.sweeper.n_trials=7")
     trials = table(out)
-    assert trials["number"].tolist() == list(range(7)) and sorted(trials["model.units"]) == units
+    assert len(trials) == 7 and (trials["state"] == "COMPLETE").all() and sorted(trials["model.units"]) == units
+    # A number missing from the table is a trial asked past the budget when both workers asked for the last
+    # slot at once: given back before it drew any params, never run.
+    with closing(sqlite3.connect(out / "study.db")) as db:
+        skipped = db.execute("SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a ON "
+                             "a.trial_id = t.trial_id AND a.key = 'error' WHERE t.state = 'FAIL'").fetchall()
+    assert sorted([*trials["number"], *(n for n, _ in skipped)]) == list(range(7 + len(skipped)))
+    assert all("not run: another worker took the study's last trial first" in error for _, error in skipped), skipped
     assert yaml.safe_load((out / "best.yaml").read_text())["test"]["test_accuracy"] > 0.5
 
 
