@@ -239,6 +239,7 @@ def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, 
                 elif runs:
                     _run_one(sweep, search, queue, *runs[0], kind, total)
             except KeyboardInterrupt as e:  # queued again from their fixed params, drawn or not (a no-op once told)
+                claimed.close()  # heartbeats first, as in the search
                 for trial in asked:
                     studies.give_back(queue, studies.frozen(queue, trial), str(e) or "interrupted by Ctrl-C")
                 raise
@@ -281,14 +282,16 @@ def _record(sweep: Sweep, search: optuna.Study, queue: optuna.Study, trial: optu
     metric = sweep.objectives[0]
     if isinstance(outcome, BaseException) or not isinstance(outcome, dict) or outcome.get(metric) is None:
         message = str(outcome).splitlines()[0] if isinstance(outcome, BaseException) and str(outcome) else repr(outcome)
-        trial.set_user_attr("error", message)
-        queue.tell(trial, state=TrialState.FAIL)
+        with workers.signals_held():  # told whole, as a search trial
+            trial.set_user_attr("error", message)
+            queue.tell(trial, state=TrialState.FAIL)
         print(f"{kind} run: trial #{run.config} seed {run.seed} FAILED: {message}", flush=True)
         return
-    for key in (metric, "test_accuracy", "test_loss", "val_loss"):
-        if isinstance(outcome.get(key), (int, float)):
-            trial.set_user_attr(key, outcome[key])
-    queue.tell(trial, outcome[metric])
+    with workers.signals_held():
+        for key in (metric, "test_accuracy", "test_loss", "val_loss"):
+            if isinstance(outcome.get(key), (int, float)):
+                trial.set_user_attr(key, outcome[key])
+        queue.tell(trial, outcome[metric])
     done = sum(1 for t in queue.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE)
     shown = f"test_accuracy={outcome['test_accuracy']:.4f}" if run.test else f"{metric}={outcome[metric]:.4f}"
     print(f"{kind} run: trial #{run.config} seed {run.seed} {shown} ({done}/{total} done)", flush=True)

@@ -264,6 +264,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
                     ran += 1
             except BaseException as e:  # Ctrl-C, or this worker stops on an error: every claimed trial not told
                 reason = str(e) or INTERRUPTED if isinstance(e, KeyboardInterrupt) else f"its worker stopped: {e}"
+                claimed.close()  # heartbeats first: a beat's SQLite transaction beside the give-back can deadlock both
                 for trial in trials:  # yet goes back and is queued again (a no-op for told ones)
                     studies.give_back(study, studies.frozen(study, trial), reason)
                 raise

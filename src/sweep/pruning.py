@@ -10,6 +10,7 @@ from typing import Any, Callable
 import optuna
 
 from src.errors import UserError
+from src.sweep.workers import signals_held
 
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
            "hyperband": optuna.pruners.HyperbandPruner,
@@ -52,11 +53,12 @@ class PruningHook:
             self.show(epoch, self.epochs, logs)
         if not self.report or self.metric not in logs:
             return False
-        self.trial.report(float(logs[self.metric]), epoch)
-        if self.enabled and self.trial.should_prune():
+        with signals_held():  # Ctrl-C waits for the storage write: cut mid-transaction, it leaves SQLite locked
+            self.trial.report(float(logs[self.metric]), epoch)
+            prune = self.enabled and self.trial.should_prune()
+        if prune:
             self.pruned_at = epoch
-            return True
-        return False
+        return prune
 
 
 # The hook of the trial this process runs now; None outside a trial (e.g. the best trial's replay).

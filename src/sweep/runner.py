@@ -21,6 +21,7 @@ from src.sweep.compose import Composer
 from src.sweep import study as studies
 from src.sweep.pruning import PruningHook, current_hook
 from src.sweep.space import SearchSpace
+from src.sweep.workers import signals_held
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted by Ctrl-C"
@@ -44,7 +45,7 @@ class Runner:
         self.on_told: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None  # e.g. MLflow's logger
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
-        """Draw the trial's params, train it, tell the study; Ctrl-C gives its slot back and re-raises."""
+        """Draw the trial's params, train it, tell the study (Ctrl-C passes through: the worker gives it back)."""
         self.train_alone(study, trial, self.draw(study, trial), pruning)
 
     def draw(self, study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
@@ -73,17 +74,15 @@ class Runner:
             outcome = self.run_job(self.space.overrides(params) + self.keep, trial.number)
         except Exception as e:  # Hydra's own steps around the task (its folder, its logs): the trial failed
             outcome = e
-        except KeyboardInterrupt as e:
-            studies.give_back(study, studies.frozen(study, trial), str(e) or INTERRUPTED)
-            raise
-        finally:
+        finally:  # Ctrl-C: the worker gives back every trial it claimed, once their heartbeats have stopped
             current_hook.reset(token)
         self.finish(study, trial, outcome, hook)
 
     def finish(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, hook: PruningHook) -> None:
         """Tell the study what the trial's task returned or raised (unless another worker failed it meanwhile)."""
         try:
-            self.tell(study, trial, outcome, hook)
+            with signals_held():  # told whole: a stop signal cutting a storage transaction would leave it locked
+                self.tell(study, trial, outcome, hook)
         except optuna.exceptions.UpdateFinishedTrialError:
             print(f"trial {trial.number} was failed by another worker while it ran (no heartbeat within "
                   f"the grace period); its result is not recorded", flush=True)
