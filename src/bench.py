@@ -2,7 +2,8 @@
 
     python -m src.bench                      # reference trial, peer, 1 vs 2 workers (3 rounds), memory
     python -m src.bench --json bench.json    # the table as JSON, to compare across commits
-    python -m src.bench --backend jax        # the reference trial on Keras's JAX backend
+    python -m src.bench --backend jax        # the same on Keras's JAX backend (the peers' sweep S too)
+    python -m src.bench --default-sweep      # also the default 40-trial sweep's wall time (~2 min)
 
 The reference trial (../shared/bench/README.md): classes 0-2, all 18,000 images, 784-10-10-3,
 Adam 1e-3, batch 32, 10 epochs; its time runs from building the model to the validation score.
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-dir", type=Path, default=ROOT.parent / "shared" / "bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--only-trial", action="store_true", help="skip the sweeps")
-    parser.add_argument("--default-sweep", action="store_true", help="also time the default 40-trial sweep (~8 min)")
+    parser.add_argument("--default-sweep", action="store_true", help="also time the default 40-trial sweep (~2 min)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for the reference trial")
     args = parser.parse_args(argv)
     os.environ.setdefault("FASHION_MNIST_DIR", str(ROOT.parent / "shared" / "datasets" / "fashion-mnist"))

@@ -5,7 +5,7 @@ networks share a structure train as one program (`src.batch_training`), each rep
 the pruner through its own hook; then each is written and told as if it had trained alone: the same
 folder (.hydra/config.yaml, history.csv, metrics.json, model.keras when asked) and the same trial record.
 A trial the batched path cannot express (a user's model, batch norm, another loss, callbacks...) trains
-alone, with a note.
+alone, with a note. The confirmation runs take the same path (`Batcher.train`), with no pruning hook.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Batcher:
     def run(self, study: optuna.Study, trials: list[optuna.Trial], pruning: bool) -> int:
         """Search trials (claimed and beating): draw each one's params, train them in as few programs as their
         structures allow, tell each. Returns what counts towards `max_trials_per_worker` (see `train`)."""
-        jobs, hooks, told = [], [], []
+        composed, jobs, hooks = [], [], []
         for trial in trials:
             overrides = self.runner.space.overrides(self.runner.draw(study, trial)) + self.runner.keep
             hook = self.runner.hook(trial, pruning)
@@ -46,9 +46,9 @@ class Batcher:
             except HydraException as e:  # as the task would fail alone: that trial FAIL, with one line
                 self.runner.finish(study, trial, UserError(f"cannot compose {' '.join(overrides)}: {e}"), hook)
                 continue
+            composed.append(trial)
             hooks.append(hook)
-            told.append(lambda outcome, trial=trial, hook=hook: self.runner.finish(study, trial, outcome, hook))
-        return self.train(jobs, lambda i, outcome: told[i](outcome), hooks)
+        return self.train(jobs, lambda i, outcome: self.runner.finish(study, composed[i], outcome, hooks[i]), hooks)
 
     def train(self, jobs: list[DictConfig], told: Told, hooks: list[PruningHook | None]) -> int:
         """Train Hydra jobs (their composed configs) in as few programs as their structures allow, each
