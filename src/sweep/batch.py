@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import optuna
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from src.backend import use_backend
 from src.errors import UserError
 from src.files import write_csv, write_json, write_text
 from src.sweep.pruning import PruningHook, current_hook
-from src.sweep.runner import Runner
+from src.sweep.runner import Runner, task_config
 
 Member = tuple[int, DictConfig, DictConfig]  # the job's index, its Hydra job config, its task config
 Told = Callable[[int, Any], None]  # (job index, what its task returned or raised): tell the study
@@ -62,7 +62,7 @@ class Batcher:
         alone = 0
         for i, job in enumerate(jobs):
             try:
-                cfg = _task_config(job)
+                cfg = task_config(job)
                 check(cfg)
                 key = group_key(cfg)
             except Exception as e:  # noqa: BLE001 - as the task would fail alone
@@ -136,10 +136,3 @@ class Batcher:
             self.trainer.keras_model(k, cfg).save(out / "model.keras")
         return metrics
 
-
-def _task_config(job: DictConfig) -> DictConfig:
-    """The task's part of a job config (what `python -m src.train` composes), without the hydra node."""
-    cfg = job.copy()
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg

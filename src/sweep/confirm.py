@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import pandas as pd
 from hydra.errors import HydraException
-from omegaconf import open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from src.errors import UserError
 from src.files import write_csv
 from src.sweep import study as studies
 from src.sweep import task, workers
-from src.sweep.runner import SAVE_MODEL
+from src.sweep.runner import SAVE_MODEL, task_config
 
 if TYPE_CHECKING:  # engine imports this module
     from src.sweep.batch import Batcher
@@ -317,9 +316,7 @@ def _test_saved(sweep: Sweep, run: Run, searched: FrozenTrial, trained: Path, su
     if any(o.lstrip("+").split("=")[0] not in SCORING_ONLY for o in sweep.settings.test_overrides):
         return None
     try:
-        cfg = sweep.runner.load(overrides(sweep, searched, run))
-        with open_dict(cfg):
-            del cfg["hydra"]
+        cfg = task_config(sweep.runner.load(overrides(sweep, searched, run)))
         metrics = task.test_saved(cfg, str(trained), str(sweep.folder / subdir))
         if subdir == "best":  # the winner's model where a sweep without confirmation puts it
             shutil.copyfile(trained / "model.keras", sweep.folder / subdir / "model.keras")

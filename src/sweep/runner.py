@@ -145,9 +145,7 @@ class Runner:
 
     def compose(self, params: dict[str, Any], resolve: bool = True) -> Any:
         """The task's config for `params` (without the hydra node): a plain dict, or a DictConfig unresolved."""
-        cfg = self.load(self.space.overrides(params))
-        with open_dict(cfg):
-            del cfg["hydra"]
+        cfg = task_config(self.load(self.space.overrides(params)))
         return OmegaConf.to_container(cfg, resolve=True) if resolve else cfg
 
     def replay(self, params: dict[str, Any]) -> list[str]:
@@ -176,6 +174,14 @@ class Runner:
                 "run_dir": f"{self.folder}/best"}
         study.set_user_attr("best_test", test)
         return test
+
+
+def task_config(job: DictConfig) -> DictConfig:
+    """The task's part of a job config (what `python -m src.train` composes), without the hydra node."""
+    cfg = job.copy()
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:
