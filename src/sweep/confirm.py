@@ -204,6 +204,7 @@ def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, 
     """Run queued runs until none is waiting, then wait for the other workers' runs to end. With a `batcher`,
     a worker claims up to batch_trials runs at once (its even share of those waiting) and trains them together."""
     unclaimed = studies.Unclaimed(sweep.settings.grace)
+    patience = studies.Patience(min(2.0, sweep.settings.heartbeat_interval))
     while True:
         studies.fail_stale_trials(queue)
         unclaimed.give_back(queue, queue.get_trials(deepcopy=False))
@@ -211,7 +212,7 @@ def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, 
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         if not waiting:
             if any(t.state == TrialState.RUNNING for t in trials):
-                time.sleep(min(2.0, sweep.settings.heartbeat_interval))
+                patience.pause()
                 continue
             return
         share = math.ceil(waiting / sweep.settings.n_workers)
@@ -233,7 +234,7 @@ def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, 
                     trial.suggest_int("config", 0, 2**31 - 1)
                     trial.suggest_int("seed", -2**31, 2**31 - 1)
                     runs.append((trial, Run(int(fixed["config"]), int(fixed["seed"]), kind == "test")))
-                if batcher is not None and len(runs) > 1:
+                if batcher is not None and kind != "test" and runs:  # one run too: it reuses the search's programs
                     _run_batch(sweep, search, queue, runs, kind, total, batcher)
                 elif runs:
                     _run_one(sweep, search, queue, *runs[0], kind, total)

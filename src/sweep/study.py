@@ -384,6 +384,18 @@ class JournalStorageWithHeartbeat(JournalStorage, optuna.storages._heartbeat.Bas
         return self._callback
 
 
+class Patience:
+    """Pauses while other workers' trials run: 50 ms at first, doubling up to `longest` seconds. A batch next
+    door often ends within a second, and a long wait should not query the storage many times a second."""
+
+    def __init__(self, longest: float) -> None:
+        self.longest, self.next = longest, 0.05
+
+    def pause(self) -> None:
+        time.sleep(self.next)
+        self.next = min(2 * self.next, self.longest)
+
+
 class Unclaimed:
     """Running trials with neither an owner nor a heartbeat: their process died within milliseconds of
     creating them. Given back once this process has seen one unclaimed for the grace period (timed by
