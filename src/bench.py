@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 [round(r["one"]["trials_per_min"], 1), round(r["two"]["trials_per_min"], 1)] for r in rounds]
             rows["2-worker speed-up, by round"] = [round(r["speed_up"], 2) for r in rounds]
             rows["2-worker speed-up (median of rounds)"] = round(median, 2)
+            rows["quick sweep grid: whole command s, 1 / 2 workers, by round"] = [  # start-up and finish included
+                [round(r["one"]["wall_s"], 1), round(r["two"]["wall_s"], 1)] for r in rounds]
+            rows["2-worker speed-up of the whole command (median of rounds)"] = round(
+                statistics.median(r["one"]["wall_s"] / r["two"]["wall_s"] for r in rounds), 2)
             rows["quick sweep mean val_accuracy, 1 / 2 workers"] = [
                 round(float(rounds[0][k]["val_accuracy_mean"]), 4) for k in ("one", "two")]
             memory = sweep(Path(tmp) / "memory", ["sweep=quick", "hydra.sweeper.confirm.top_k=0",
