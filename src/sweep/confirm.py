@@ -204,7 +204,7 @@ def _drain(sweep: Sweep, search: optuna.Study, queue: optuna.Study, owner: str, 
     """Run queued runs until none is waiting, then wait for the other workers' runs to end. With a `batcher`,
     a worker claims up to batch_trials runs at once (its even share of those waiting) and trains them together."""
     unclaimed = studies.Unclaimed(sweep.settings.grace)
-    patience = studies.Patience(min(2.0, sweep.settings.heartbeat_interval))
+    patience = studies.Patience(sweep.settings.heartbeat_interval)
     while True:
         studies.fail_stale_trials(queue)
         unclaimed.give_back(queue, queue.get_trials(deepcopy=False))

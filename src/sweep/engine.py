@@ -222,7 +222,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
         get_method(s.worker_init)(sweep.task_config)
     study = sweep.open()
     sweep.runner.live = s.n_workers == 1 and sys.stdout.isatty()
-    unclaimed, patience = studies.Unclaimed(s.grace), studies.Patience(min(2.0, s.heartbeat_interval))
+    unclaimed, patience = studies.Unclaimed(s.grace), studies.Patience(s.heartbeat_interval)
     batcher = Batcher(sweep.runner, sweep.task_config) if s.batch_trials > 1 and "trainer" in sweep.task_config else None
     ran = 0
     while True:
@@ -248,7 +248,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> workers.Exit:
         if step == "wait":  # others' running trials use the last slots; one may die and give its slot back
             patience.pause()
             continue
-        patience = studies.Patience(min(2.0, s.heartbeat_interval))
+        patience.reset()
         if ran >= s.max_trials_per_worker:  # retire only for a trial to run: the replay and confirmation need no fresh process
             return workers.Exit.RETIRED
         with ExitStack() as claimed:

@@ -385,11 +385,16 @@ class JournalStorageWithHeartbeat(JournalStorage, optuna.storages._heartbeat.Bas
 
 
 class Patience:
-    """Pauses while other workers' trials run: 50 ms at first, doubling up to `longest` seconds. A batch next
-    door often ends within a second, and a long wait should not query the storage many times a second."""
+    """Pauses while other workers' trials run: 50 ms at first, doubling up to 2 s (or the heartbeat interval,
+    if shorter). A batch next door often ends within a second; a long wait should not query the storage many
+    times a second."""
 
-    def __init__(self, longest: float) -> None:
-        self.longest, self.next = longest, 0.05
+    def __init__(self, heartbeat_interval: float) -> None:
+        self.longest = min(2.0, heartbeat_interval)
+        self.reset()
+
+    def reset(self) -> None:
+        self.next = 0.05
 
     def pause(self) -> None:
         time.sleep(self.next)
