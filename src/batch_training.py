@@ -1,4 +1,4 @@
-"""K dense networks of one structure trained at once, as one compiled program (issue 14).
+"""K dense networks of one structure trained at once, as one compiled program.
 
 A small trial spends most of its time building and tracing a new Keras model (about 1.2 of 1.5 s);
 the arithmetic is a tenth. Here trials that share a structure (depth, activation, batch size, classes,
@@ -34,17 +34,15 @@ logits with `log_softmax` (Keras clips softmax outputs at 1e-7, which only matte
 initial weights and batches, the weights match a Keras `fit` to 1e-6 (tests/test_batch_training.py).
 
     trainer = BatchTrainer()                     # one per worker process: it keeps the compiled programs
-    for key, cfgs in group_trials(cfgs).items():  # key None: train those one at a time (src.training.run)
-        results = trainer.train_group(cfgs, on_epoch=hook) if key else ...
+    for members, program in trainer.groups(cfgs):  # cfgs whose group_key is not None
+        results = trainer.train_group([cfgs[i] for i in members], on_epoch=hook, program=program)
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import resource
 import time
-from collections import defaultdict
 from typing import Any, Callable, NamedTuple, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
@@ -61,6 +59,7 @@ from omegaconf import DictConfig  # noqa: E402
 from src.config import check as check_config  # noqa: E402
 from src.data import Splits, check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
+from src.metrics import history_table, run_metrics, stamp  # noqa: E402
 from src.model import dense_net, hidden_widths  # noqa: E402
 
 N_INPUTS = 28 * 28
@@ -193,14 +192,6 @@ def _grow(program: Program | None, structure: GroupKey, keys: Sequence[GroupKey]
 def _exact(key: GroupKey) -> Program:
     """The program of exactly `key`'s structure."""
     return Program(key._replace(buckets=()), key.buckets, (key.activation,), mixed=False)
-
-
-def group_trials(cfgs: Sequence[Any]) -> dict[GroupKey | None, list[Any]]:
-    """`cfgs` by `group_key`, in their order; the configs under None must train one at a time."""
-    groups: dict[GroupKey | None, list[Any]] = defaultdict(list)
-    for cfg in cfgs:
-        groups[group_key(cfg)].append(cfg)
-    return dict(groups)
 
 
 def param_count(widths: Sequence[int], n_classes: int) -> int:
@@ -637,28 +628,12 @@ class BatchTrainer:
     def _result(cfg: DictConfig, rows: list[dict[str, float]], status: str, widths: list[int], n_classes: int,
                 data: Splits, tested: dict[str, Any], seconds: float) -> dict[str, Any]:
         """One trial's metrics, in `src.training.run`'s keys and rounding, with its history."""
-        history = pd.DataFrame(rows, columns=["accuracy", "loss", "val_accuracy", "val_loss"]).astype("float64").round(6)
-        history.insert(0, "epoch", range(1, len(history) + 1))
-        last, best = history.iloc[-1], history.loc[history["val_accuracy"].fillna(-1.0).idxmax()]
-        metrics: dict[str, Any] = {
-            "val_accuracy": float(last["val_accuracy"]), "val_loss": float(last["val_loss"]),
-            "best_val_accuracy": float(best["val_accuracy"]), "best_epoch": int(best["epoch"]),
-            "train_accuracy": float(last["accuracy"]), "train_loss": float(last["loss"]),
-            "test_accuracy": None, "test_loss": None,
-            "epochs": len(history), "param_count": param_count(widths, n_classes), "seed": cfg.trainer.seed,
-            "n_train": len(data.x_train), "n_val": len(data.x_val),
-            "seconds": seconds,  # the group's wall time / K
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        }
+        history = history_table(pd.DataFrame(rows, columns=["accuracy", "loss", "val_accuracy", "val_loss"]))
+        metrics = stamp(run_metrics(history, param_count=param_count(widths, n_classes), seed=cfg.trainer.seed,
+                                    n_train=len(data.x_train), n_val=len(data.x_val)), seconds)  # seconds: the group's / K
         if status == "diverged":
             metrics["error"] = "diverged"
         elif cfg.trainer.test and tested:
             metrics.update({name: round(float(value), 6) for name, value in tested.items()})
         return {**metrics, "history": history}
 
-
-def train_group(cfgs: Sequence[DictConfig], data: Splits | None = None, on_epoch: GroupEpochHook | None = None,
-                trainer: BatchTrainer | None = None) -> list[dict[str, Any]]:
-    """`trainer.train_group(cfgs, data, on_epoch)`; without a trainer, a fresh one (its program is traced anew,
-    so a caller training many groups keeps one `BatchTrainer`)."""
-    return (trainer or BatchTrainer()).train_group(cfgs, data, on_epoch)

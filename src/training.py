@@ -1,6 +1,6 @@
 """One training run, as the lesson does it: seed, build, compile, fit, evaluate; then its result files.
 
-This is the only module that imports Keras's backend, so entry points import it inside their task.
+It imports Keras (and so TensorFlow or JAX), so entry points import it inside their task, never at start-up.
 """
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,6 @@ from src.backend import quiet_native_start  # noqa: E402
 
 with quiet_native_start():  # and its start-up banner, once per process
     import keras  # noqa: E402
-import pandas as pd  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from src.config import check as check_config  # noqa: E402
@@ -27,6 +25,7 @@ from src.data import check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.model import build_loss, build_metrics, build_model, build_optimizer  # noqa: E402
 from src.files import write_csv, write_json  # noqa: E402
+from src.metrics import history_table, run_metrics, stamp  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +59,14 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
         callbacks.append(_StopWhen(on_epoch))
     fit = model.fit(data.x_train, data.y_train, epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
                     verbose=cfg.trainer.verbose, callbacks=callbacks)
-    history = pd.DataFrame(fit.history).astype("float64").round(6)  # float32: more digits are noise
-    history.insert(0, "epoch", range(1, len(history) + 1))
+    history = history_table(fit.history)
     write_csv(out_dir / "history.csv", history)
 
-    last, best = history.iloc[-1], history.loc[history["val_accuracy"].idxmax()]
-    metrics: dict[str, Any] = {
-        "val_accuracy": float(last["val_accuracy"]), "val_loss": float(last["val_loss"]),
-        "best_val_accuracy": float(best["val_accuracy"]), "best_epoch": int(best["epoch"]),
-        "train_accuracy": float(last["accuracy"]), "train_loss": float(last["loss"]),
-        "test_accuracy": None, "test_loss": None,
-        "epochs": len(history), "param_count": model.count_params(), "seed": cfg.trainer.seed,
-        "n_train": len(data.x_train), "n_val": len(data.x_val),
-    }
+    metrics = run_metrics(history, param_count=model.count_params(), seed=cfg.trainer.seed,
+                          n_train=len(data.x_train), n_val=len(data.x_val))
+    last = history.iloc[-1]
     if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["val_loss"]):
-        metrics["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(out_dir / "metrics.json", {**metrics, "error": "diverged"})
+        write_json(out_dir / "metrics.json", {**stamp(metrics, time.perf_counter() - start), "error": "diverged"})
         raise UserError(f"diverged: the loss became NaN in epoch {len(history)} "
                         f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
     metrics.update({f"val_{name}": float(last[f"val_{name}"]) for name in scorer.names if name != "accuracy"})
@@ -86,9 +77,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
                  f"({len(data.x_test)} test images)")
     if cfg.trainer.get("save_model"):
         model.save(out_dir / "model.keras")
-    metrics["seconds"] = round(time.perf_counter() - start, 3)
-    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", stamp(metrics, time.perf_counter() - start))
     log.info(f"val_accuracy {metrics['val_accuracy']:.4f} after {metrics['epochs']} epochs, "
              f"{metrics['param_count']} parameters, {metrics['seconds']:.1f}s; results in {out_dir}")
     return metrics

@@ -11,10 +11,11 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from src.metrics import RUN_METRICS, SETUP
+
 # trials.csv, in this order: number, state, the objective (`value`, or `value_<metric>` per objective and a
 # `pareto` flag), every param, the training metrics, then the bookkeeping columns.
-TRIAL_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy",
-                 "train_loss", "epochs", "param_count", "seconds", "peak_rss_mb")
+TRIAL_METRICS = tuple(m for m in RUN_METRICS if m not in SETUP and not m.startswith("test_"))
 BOOKKEEPING = ("sweep", "number", "state", "pareto", "datetime_start", "datetime_complete", "run_dir", "error")
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import Container, DictConfig, OmegaConf
+
+from src.sweep.hydra_internals import apply_overrides, overrides_dirname
 
 _ABSENT = object()
 
@@ -45,12 +46,10 @@ class Composer:
     def _fill(self, template: DictConfig, parsed: list[Override], plain: frozenset[int]) -> DictConfig:
         """The template with this trial's plain values, set as Hydra sets them (types checked by the schema)."""
         cfg = copy.deepcopy(template)
-        ConfigLoaderImpl._apply_overrides_to_config([parsed[i] for i in sorted(plain)], cfg)
+        apply_overrides([parsed[i] for i in sorted(plain)], cfg)
         task = [o for o in parsed if not o.is_hydra_override()]
         cfg.hydra.overrides.task = [o.input_line for o in task]
-        dirname = cfg.hydra.job.config.override_dirname
-        cfg.hydra.job.override_dirname = get_overrides_dirname(overrides=task, kv_sep=dirname.kv_sep,
-                                                               item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        cfg.hydra.job.override_dirname = overrides_dirname(task, cfg.hydra.job.config.override_dirname)
         return cfg
 
     def _sets_leaf(self, override: Override, parsed: list[Override], cfg: DictConfig) -> bool:

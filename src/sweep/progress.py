@@ -9,7 +9,8 @@ import optuna
 from optuna.trial import TrialState
 
 from src.sweep import results
-from src.sweep.study import FINISHED, best_trial, counts
+from src.sweep.budget import FINISHED, slots_used, uses_slot
+from src.sweep.study import best_trial
 
 
 def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: Any, storage: str) -> None:
@@ -40,7 +41,7 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
     trials = study.get_trials(deepcopy=False)
     t = next(x for x in trials if x.number == number)
     line = f"trial {number} {t.state.name}"
-    value = t.user_attrs.get(metric, (t.user_attrs.get("metrics") or {}).get(metric))
+    value = t.user_attrs.get(metric)
     if value is not None:
         line += f" {metric}={value:.4f}"
     if t.state == TrialState.PRUNED:
@@ -52,8 +53,8 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
         line += f" best={best.values[0]:.4f} (#{best.number})"
     elapsed = (datetime.now() - started).total_seconds()
     ran = sum(1 for x in trials if x.state in FINISHED and x.datetime_start and x.datetime_start >= started)
-    done = sum(1 for x in trials if counts(x) and x.state in FINISHED)
-    left = elapsed / max(ran, 1) * max(budget - sum(map(counts, trials)), 0)
+    done = sum(1 for x in trials if uses_slot(x) and x.state in FINISHED)
+    left = elapsed / max(ran, 1) * max(budget - slots_used(trials), 0)
     print(f"{REWRITE if live else ''}{line} {done}/{budget} done {_duration(elapsed)} elapsed "
           f"~{_duration(left)} left", flush=True)
 

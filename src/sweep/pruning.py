@@ -10,7 +10,7 @@ from typing import Any, Callable
 import optuna
 
 from src.errors import UserError
-from src.sweep.workers import signals_held
+from src.sweep.processes import signals_held
 
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
            "hyperband": optuna.pruners.HyperbandPruner,

@@ -2,13 +2,25 @@
 trials.csv, leaderboard.csv, params_summary.csv, importance.csv, best.yaml and study.yaml."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
 from src.analyze.contract import TRIAL_METRICS, leaderboard, params_summary, value_column
+from src.errors import UserError
 from src.files import write_csv, write_text
+from src.sweep.space import describe
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """A full disk or an unwritable folder as one line, not a traceback (what was written stays)."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write the sweep's files in {folder}: {e.strerror or e}") from None
 
 
 def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None = None) -> pd.DataFrame:
@@ -26,8 +38,7 @@ def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None 
             row.update({f"value_{m}": v for m, v in zip(metrics, values)})
             row["pareto"] = t.number in (pareto or set())
         row.update(t.params)
-        legacy = t.user_attrs.get("metrics") or {}  # studies written before one attribute per metric
-        row.update({m: t.user_attrs.get(m, legacy.get(m)) for m in TRIAL_METRICS})
+        row.update({m: t.user_attrs.get(m) for m in TRIAL_METRICS})
         row["datetime_start"] = t.datetime_start
         row["datetime_complete"] = t.datetime_complete
         row["run_dir"] = t.user_attrs.get("run_dir")
@@ -90,15 +101,6 @@ def write_best(path: Path, best: Any, metrics: list[str], overrides: list[str], 
         "config": config,
     }
     write_text(path, yaml.safe_dump(doc, sort_keys=False))
-
-
-def describe(dist: Any) -> str:
-    """A distribution as a reader writes it: `int in [8, 512], log`, `choice(relu, tanh)`."""
-    if hasattr(dist, "choices"):
-        return f"choice({', '.join(map(str, dist.choices))})"
-    kind = "int" if type(dist).__name__ == "IntDistribution" else "float"
-    step = f", step {dist.step}" if dist.step not in (None, 1) else ""
-    return f"{kind} in [{dist.low}, {dist.high}]" + (", log" if dist.log else "") + step
 
 
 def write_study_info(path: Path, name: str, storage: str, settings: Any, space: Any, budget: int) -> None:

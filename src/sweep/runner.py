@@ -1,32 +1,28 @@
 """One trial's life in a worker: draw its params, compose its config, run the task as a Hydra job in this
-process, tell the study the outcome. Also the best trial's one replay on the test set."""
+process, tell the study its `TrialOutcome`. Also the best trial's one replay on the test set."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from hydra.core.utils import JobReturn, configure_log, run_job
 from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
-from optuna.trial import TrialState
 
 from src.errors import UserError
 from src.sweep import progress
 from src.sweep.compose import Composer
-from src.sweep import study as studies
+from src.sweep.hydra_internals import run_task
+from src.sweep.outcome import TrialOutcome, tell
 from src.sweep.pruning import PruningHook, current_hook
 from src.sweep.space import SearchSpace
-from src.sweep.workers import signals_held
+from src.sweep.study import best_test, best_trial, suggest
 
 log = logging.getLogger(__name__)
-INTERRUPTED = "interrupted by Ctrl-C"
 SAVE_MODEL = "++trainer.save_model=true"
-RESERVED = ("worker", "error", "interrupted", "run_dir")  # the sweeper's own user attributes
 
 
 class Runner:
@@ -45,20 +41,23 @@ class Runner:
         self.on_told: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None  # e.g. MLflow's logger
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
-        """Draw the trial's params, train it, tell the study (Ctrl-C passes through: the worker gives it back)."""
-        self.train_alone(study, trial, self.draw(study, trial), pruning)
+        """Draw the trial's params, train it as its own Hydra job, tell the study (Ctrl-C passes through: the
+        worker gives the trial back)."""
+        overrides = self.space.overrides(self.draw(study, trial)) + self.keep
+        hook = self.hook(trial, pruning, live=self.live)
+        self.finish(study, trial, self.run_job(overrides, trial.number, hook=hook))
 
     def draw(self, study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
-        """The trial's params (a queued retry keeps its own); a trial that cannot draw them is given back."""
+        """The trial's params (a queued retry keeps its own). A trial that cannot draw them is fatal: it is
+        given back and the sweep stops (e.g. a queued retry whose stored params no longer fit the space)."""
         try:
-            params = studies.suggest(trial, self.space.distributions)
+            params = suggest(trial, self.space.distributions)
             if self.extend is not None:
                 self.extend(self.config, trial)
                 params = dict(trial.params)
-        except Exception as e:  # e.g. a queued retry whose stored params no longer fit
-            studies.give_back(study, studies.frozen(study, trial), f"cannot draw params: {e}", retry=False)
-            raise UserError(f"trial {trial.number}: cannot draw its params: {e}; set hydra.sweeper.study_name "
-                            f"to start a new study") from None
+        except Exception as e:  # noqa: BLE001 - told as fatal: the next line raises
+            self.finish(study, trial, TrialOutcome.failed(f"trial {trial.number}: cannot draw its params: {e}; set "
+                                                          f"hydra.sweeper.study_name to start a new study", fatal=True))
         return params
 
     def hook(self, trial: optuna.Trial, pruning: bool, live: bool = False) -> PruningHook:
@@ -66,67 +65,39 @@ class Runner:
         return PruningHook(trial, self.objectives[0], pruning, report=len(self.objectives) == 1,
                            show=progress.live_line(trial.number, self.objectives[0]) if live else None)
 
-    def train_alone(self, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], pruning: bool) -> None:
-        """Train a drawn trial as its own Hydra job in this process and tell the study."""
-        hook = self.hook(trial, pruning, live=self.live)
+    def finish(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        """Tell the study the search trial's outcome, then the trackers (e.g. MLflow's logger)."""
+        told = tell(study, trial, outcome, self.objectives, f"{self.folder}/trials/{trial.number}")
+        if told is not None and self.on_told is not None:
+            self.on_told(study, told)
+
+    def run_job(self, overrides: list[str], number: int, subdir: str | None = None,
+                hook: PruningHook | None = None) -> TrialOutcome:
+        """Run the task on `overrides` as Hydra job `number` (in `subdir`), `hook` receiving its epochs."""
+        try:
+            job = self.job_config(overrides, number, subdir)
+        except UserError as e:
+            return TrialOutcome.failed(e)
+        return self.run_config(job, hook)
+
+    def run_config(self, job: DictConfig, hook: PruningHook | None = None) -> TrialOutcome:
+        """Run the task as the Hydra job `job` (from `job_config`) in this process, `hook` receiving its epochs."""
         token = current_hook.set(hook)
         try:
-            outcome = self.run_job(self.space.overrides(params) + self.keep, trial.number)
-        except Exception as e:  # Hydra's own steps around the task (its folder, its logs): the trial failed
-            outcome = e
-        finally:  # Ctrl-C: the worker gives back every trial it claimed, once their heartbeats have stopped
+            returned = run_task(self.hydra_context, self.task_function, job, self.config)
+        except Exception as e:  # noqa: BLE001 - Hydra's own steps around the task (its folder, its logs): the trial failed
+            returned = e
+        finally:  # Ctrl-C passes through: the worker gives back every trial it claimed
             current_hook.reset(token)
-        self.finish(study, trial, outcome, hook)
-
-    def finish(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, hook: PruningHook) -> None:
-        """Tell the study what the trial's task returned or raised (unless another worker failed it meanwhile)."""
-        try:
-            with signals_held():  # told whole: a stop signal cutting a storage transaction would leave it locked
-                self.tell(study, trial, outcome, hook)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            print(f"trial {trial.number} was failed by another worker while it ran (no heartbeat within "
-                  f"the grace period); its result is not recorded", flush=True)
-        else:
-            if self.on_told is not None:
-                self.on_told(study, studies.frozen(study, trial))
-
-    def tell(self, study: optuna.Study, trial: optuna.Trial, outcome: Any, hook: PruningHook) -> None:
-        """Record what the task returned (a dict of metrics or one number) or raised."""
-        trial.set_user_attr("run_dir", f"{self.folder}/trials/{trial.number}")
-        if isinstance(outcome, BaseException):
-            message = str(outcome) if isinstance(outcome, UserError) else f"{type(outcome).__name__}: {outcome}"
-            trial.set_user_attr("error", message.splitlines()[0] if message else type(outcome).__name__)
-            return _tell(study, trial, state=TrialState.FAIL)
-        metrics = outcome if isinstance(outcome, dict) else {self.objectives[0]: outcome}
-        for key, value in metrics.items():  # one attribute per metric: optuna-dashboard sorts and filters by them
-            if _plain(value) and value is not None and key not in RESERVED:
-                trial.set_user_attr(key, value)
-        if hook.pruned_at is not None:
-            return _tell(study, trial, state=TrialState.PRUNED)
-        values = [metrics.get(m) for m in self.objectives]
-        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-            trial.set_user_attr("error", f"objective {self.objectives} not in the task's metrics or not finite: {values}")
-            return _tell(study, trial, state=TrialState.FAIL)
-        _tell(study, trial, values=values)
-
-    def run_job(self, overrides: list[str], number: int, subdir: str | None = None) -> Any:
-        """Run the task on `overrides` as Hydra job `number`: what it returned, or the exception it raised."""
-        try:
-            cfg = self.job_config(overrides, number, subdir)
-        except HydraException as e:
-            return UserError(f"cannot compose {' '.join(overrides)}: {e}")
-        return self.run_config(cfg)
-
-    def run_config(self, cfg: DictConfig) -> Any:
-        """Run the task as the Hydra job `cfg` (from `job_config`): what it returned, or the exception it raised."""
-        ret: JobReturn = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                 config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # as Hydra's launcher does
-        return ret._return_value
+        return TrialOutcome.of(returned, self.objectives[0], hook.pruned_at if hook is not None else None)
 
     def job_config(self, overrides: list[str], number: int, subdir: str | None = None) -> DictConfig:
-        """Hydra job `number`'s config for `overrides`, its folder set, and no password in its hydra node."""
-        cfg = self.load(overrides)
+        """Hydra job `number`'s config for `overrides`, its folder set, and no password in its hydra node; a
+        `UserError` naming the overrides when Hydra cannot compose them."""
+        try:
+            cfg = self.load(overrides)
+        except HydraException as e:
+            raise UserError(f"cannot compose {' '.join(overrides)}: {e}") from None
         with open_dict(cfg):
             cfg.hydra.job.id = cfg.hydra.job.num = number
             if subdir is not None:
@@ -157,19 +128,19 @@ class Runner:
 
     def test_best(self, study: optuna.Study, test_overrides: list[str]) -> dict[str, Any] | None:
         """Replay the best trial once with `test_overrides` (e.g. trainer.test=true); the test set never chooses."""
-        best = studies.best_trial(study)
+        best = best_trial(study)
         if best is None or not test_overrides:
             return None
-        done = studies.best_test(study)
+        done = best_test(study)
         if done is not None:
             return done
         overrides = self.space.overrides(best.params) + list(test_overrides)
         print(f"replaying best trial #{best.number} on the test set: {' '.join(overrides)}", flush=True)
         outcome = self.run_job(overrides, best.number, subdir="best")
-        if isinstance(outcome, BaseException) or not isinstance(outcome, dict):
-            log.error(f"error: the best trial's replay failed: {outcome}")
+        if outcome.error is not None:
+            log.error(f"error: the best trial's replay failed: {outcome.error}")
             return None
-        test = {"trial": best.number, **{k: outcome.get(k) for k in
+        test = {"trial": best.number, **{k: outcome.metrics.get(k) for k in
                                          ("test_accuracy", "test_loss", "val_accuracy", "val_loss")},
                 "run_dir": f"{self.folder}/best"}
         study.set_user_attr("best_test", test)
@@ -183,16 +154,3 @@ def task_config(job: DictConfig) -> DictConfig:
         del cfg["hydra"]
     return cfg
 
-
-def _tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:
-    """`study.tell`, minus the grid sampler's `study.stop()` on its last point, which ask-and-tell forbids
-    (Optuna stores the result before that call; our budget already ends the sweep)."""
-    try:
-        study.tell(trial, skip_if_finished=True, **result)  # failed meanwhile as stale: Optuna warns
-    except RuntimeError as e:
-        if "Study.stop" not in str(e):
-            raise
-
-
-def _plain(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))

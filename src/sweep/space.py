@@ -20,7 +20,6 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 
 from src.errors import UserError
-from src.sweep.results import describe
 
 FORMS = "interval(a,b), int(interval(a,b)), tag(log, interval(a,b)), range(a,b[,step]), choice(x,y,...)"
 
@@ -103,6 +102,15 @@ def to_distribution(override: Override) -> BaseDistribution:
             return IntDistribution(low, high, log=log)
         return FloatDistribution(float(low), float(high), log=log)
     raise UserError(f"{override.input_line!r}: {type(value).__name__} is not supported; forms: {FORMS}")
+
+
+def describe(dist: Any) -> str:
+    """A distribution as a reader writes it: `int in [8, 512], log`, `choice(relu, tanh)`."""
+    if hasattr(dist, "choices"):
+        return f"choice({', '.join(map(str, dist.choices))})"
+    kind = "int" if type(dist).__name__ == "IntDistribution" else "float"
+    step = f", step {dist.step}" if dist.step not in (None, 1) else ""
+    return f"{kind} in [{dist.low}, {dist.high}]" + (", log" if dist.log else "") + step
 
 
 def format_value(value: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import random
 import subprocess
 import sys
 import time
@@ -18,13 +17,12 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial
 
-from src.errors import UserError
-from src.sweep.runner import RESERVED
+from src.errors import UserError, first_line
+from src.sweep.outcome import RESERVED
 from src.sweep.settings import MlflowSettings
-from src.sweep.study import Storage
+from src.sweep.storage import retrying
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # MLflow's run statuses
-TRIES = 6  # to open the tracking store: another sweep command may be creating the experiment at once
 # Run once per sweep command, in a process of its own: creates the store's tables and the experiment. A refused
 # database login fails at once (MLflow's own engine retries would wait about 100 s).
 PREPARE = ("import logging, sys; logging.disable(logging.WARNING); import mlflow.store.db.utils as db; "
@@ -65,26 +63,20 @@ class MlflowLogger:
         try:
             self.log(study.study_name, trial)
         except Exception as e:  # noqa: BLE001 - a server down, a full disk, a bad URI
-            lines = str(e).strip().splitlines()
-            print(self.mask(f"warning: trial {trial.number} not logged to MLflow ({self.uri}): "
-                            f"{type(e).__name__}: {lines[0] if lines else ''}"), flush=True)
+            print(self.mask(f"warning: trial {trial.number} not logged to MLflow ({self.uri}): {first_line(e)}"), flush=True)
 
     def connect(self) -> None:
         """This process's client and the experiment's id (`prepare` made it; another command may be making it now)."""
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
-        for attempt in range(TRIES):
-            try:
-                client = MlflowClient(self.uri)
-                found = client.get_experiment_by_name(self.experiment)
-                self.experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
-                self.client = client
-                return
-            except Exception:  # noqa: BLE001 - another worker creating the store or the experiment at once
-                if attempt == TRIES - 1:
-                    raise
-                time.sleep(0.2 + random.random() * 0.5)
+        def open_experiment() -> tuple[Any, str]:
+            client = MlflowClient(self.uri)
+            found = client.get_experiment_by_name(self.experiment)
+            return client, found.experiment_id if found else client.create_experiment(self.experiment)
+
+        # another worker may be creating the store or the experiment at once
+        self.client, self.experiment_id = retrying(open_experiment, lambda e: True)
 
     def log(self, study_name: str, trial: FrozenTrial) -> None:
         """One MLflow run for `trial`: started and ended when the trial was, its status from the trial's state."""
@@ -103,12 +95,3 @@ class MlflowLogger:
                               tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run.info.run_id, STATUS.get(trial.state.name, "FINISHED"), end_time=end)
 
-
-def mask_also(tracking_uri: str, mask: Callable[[str], str]) -> Callable[[str], str]:
-    """`mask` that also hides the tracking URI's password (in the URL's user info or a `password=` query)."""
-    uri = Storage(tracking_uri, heartbeat_interval=1, grace_period=2)  # only for its masking helper
-
-    def both(text: str) -> str:
-        return uri.mask(mask(text))
-
-    return both

@@ -1,4 +1,4 @@
-"""The worker processes of one sweep command: started, restarted when they retire or die, stopped with it.
+"""The local worker processes of one sweep command: started, restarted when they retire or die, stopped with it.
 
 The parent never loads TensorFlow, so forking is safe. A worker stops on SIGINT, SIGTERM or SIGHUP (and on
 its parent's death, by the kernel's parent-death signal) after giving its running trial back; the parent
@@ -21,7 +21,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from src.errors import UserError
+from src.errors import UserError, first_line
 
 
 class Exit(IntEnum):
@@ -35,6 +35,7 @@ class Exit(IntEnum):
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+INTERRUPTED = "interrupted by Ctrl-C"  # a plain KeyboardInterrupt's reason (a `Stopped` names its signal)
 
 
 class Stopped(KeyboardInterrupt):
@@ -180,8 +181,7 @@ def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any,
     except Stopped as e:
         sys.exit(Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code)
     except Exception as e:  # a UserError, or the storage or disk failing: one line, via the parent
-        lines = str(e).strip().splitlines()
-        errors.put(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {lines[0] if lines else ''}{_where(e)}")
+        errors.put(str(e) if isinstance(e, UserError) else f"{first_line(e)}{_where(e)}")
         errors.close()
         errors.join_thread()
         sys.exit(Exit.USER_ERROR)

@@ -5,28 +5,29 @@ networks share a structure train as one program (`src.batch_training`), each rep
 the pruner through its own hook; then each is written and told as if it had trained alone: the same
 folder (.hydra/config.yaml, history.csv, metrics.json, model.keras when asked) and the same trial record.
 A trial the batched path cannot express (a user's model, batch norm, another loss, callbacks...) trains
-alone, with a note. The confirmation runs take the same path (`Batcher.train`), with no pruning hook.
+alone, with a note. The confirmation runs take the same path (`BatchRunner.train`), with no pruning hook.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import optuna
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from src.backend import use_backend
 from src.errors import UserError
 from src.files import write_csv, write_json, write_text
-from src.sweep.pruning import PruningHook, current_hook
+from src.sweep.outcome import TrialOutcome
+from src.sweep.pruning import PruningHook
 from src.sweep.runner import Runner, task_config
 
 Member = tuple[int, DictConfig, DictConfig]  # the job's index, its Hydra job config, its task config
-Told = Callable[[int, Any], None]  # (job index, what its task returned or raised): tell the study
+Told = Callable[[int, TrialOutcome], None]  # (job index, what it came to): tell the study
 
 
-class Batcher:
-    """One per worker process: it keeps the compiled programs of the structures it has trained."""
+class BatchRunner:
+    """The batched counterpart of `Runner`, one per worker process: it keeps the compiled programs of the
+    structures it has trained."""
 
     def __init__(self, runner: Runner, task_config: DictConfig) -> None:
         use_backend(task_config.trainer.backend)  # before Keras loads, as the task would
@@ -40,15 +41,14 @@ class Batcher:
         composed, jobs, hooks = [], [], []
         for trial in trials:
             overrides = self.runner.space.overrides(self.runner.draw(study, trial)) + self.runner.keep
-            hook = self.runner.hook(trial, pruning)
             try:
                 jobs.append(self.runner.job_config(overrides, trial.number))
-            except HydraException as e:  # as the task would fail alone: that trial FAIL, with one line
-                self.runner.finish(study, trial, UserError(f"cannot compose {' '.join(overrides)}: {e}"), hook)
+            except UserError as e:  # as the task would fail alone: that trial FAIL, with one line
+                self.runner.finish(study, trial, TrialOutcome.failed(e))
                 continue
             composed.append(trial)
-            hooks.append(hook)
-        return self.train(jobs, lambda i, outcome: self.runner.finish(study, composed[i], outcome, hooks[i]), hooks)
+            hooks.append(self.runner.hook(trial, pruning))
+        return self.train(jobs, lambda i, outcome: self.runner.finish(study, composed[i], outcome), hooks)
 
     def train(self, jobs: list[DictConfig], told: Told, hooks: list[PruningHook | None]) -> int:
         """Train Hydra jobs (their composed configs) in as few programs as their structures allow, each
@@ -66,7 +66,7 @@ class Batcher:
                 check(cfg)
                 key = group_key(cfg)
             except Exception as e:  # noqa: BLE001 - as the task would fail alone
-                told(i, e)
+                told(i, TrialOutcome.failed(e))
                 continue
             if key is not None:
                 batchable.append((i, job, cfg))
@@ -75,15 +75,8 @@ class Batcher:
                 print(f"note: {job.hydra.sweep.subdir} trains alone: the batched path trains plain dense networks "
                       f"(adam or sgd, cross-entropy, no batch norm, input dropout or callbacks)", flush=True)
                 self.noted = True
-            token = current_hook.set(hooks[i])
-            try:
-                outcome = self.runner.run_config(job)
-            except Exception as e:  # noqa: BLE001 - Hydra's own steps around the task: the job failed
-                outcome = e
-            finally:
-                current_hook.reset(token)
             alone += 1
-            told(i, outcome)
+            told(i, self.runner.run_config(job, hooks[i]))
         groups = self.trainer.groups([cfg for _, _, cfg in batchable])
         for group, program in groups:
             self._train([batchable[g] for g in group], program, told, hooks)
@@ -111,12 +104,13 @@ class Batcher:
             results = [e] * len(members)
         for k, ((i, job, cfg), result) in enumerate(zip(members, results)):
             try:
-                outcome = errors.get(k) or result
-                if not isinstance(outcome, BaseException):
-                    outcome = self._write(k, job, cfg, outcome, hooks[i])
+                returned = errors.get(k) or result
+                if not isinstance(returned, BaseException):
+                    returned = self._write(k, job, cfg, returned, hooks[i])
             except Exception as e:  # noqa: BLE001 - e.g. a full disk: this trial FAIL, as Hydra's job would
-                outcome = e
-            told(i, outcome)
+                returned = e
+            hook = hooks[i]
+            told(i, TrialOutcome.of(returned, self.runner.objectives[0], hook.pruned_at if hook is not None else None))
 
     def _write(self, k: int, job: DictConfig, cfg: DictConfig, metrics: dict[str, Any],
                hook: PruningHook | None) -> dict[str, Any] | UserError:

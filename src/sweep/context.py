@@ -1,0 +1,53 @@
+"""`Sweep`: what every phase of one sweep command reads (the question, where its answer lives, how a trial
+runs), made once by the engine before any worker starts and handed to each."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from omegaconf import DictConfig
+
+from src.sweep import results
+from src.sweep.pruning import make_pruner
+from src.sweep.samplers import make_sampler
+from src.sweep.settings import SweeperSettings
+from src.sweep.space import SearchSpace
+from src.sweep.storage import Storage
+from src.sweep.study import open_study
+
+if TYPE_CHECKING:
+    from src.sweep.runner import Runner
+
+
+@dataclass
+class Sweep:
+    """The settings and search space, the study's name, storage, folder and budget, the trial runner, one
+    composed task config (for the workers' warm-up) and when this command started."""
+
+    settings: SweeperSettings
+    space: SearchSpace
+    name: str
+    storage: Storage
+    folder: Path
+    budget: int
+    runner: Runner
+    task_config: DictConfig
+    started: datetime
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.settings.objectives)
+
+    def open(self) -> optuna.Study:
+        """A new connection to the study, with this process's sampler and pruner."""
+        s = self.settings
+        sampler = make_sampler(s.sampler, s.seed, s.samplers.get(s.sampler_name) or {}, self.space)
+        pruner = make_pruner(s.pruner, s.pruners.get(s.pruner_name) or {})
+        return open_study(self.storage.connect(), self.name, list(s.directions), sampler, pruner)
+
+    def write_tables(self, study: optuna.Study, importance: bool = False) -> None:
+        with results.writing(self.folder):
+            results.write_sweep_tables(self.folder, study, self.objectives, self.settings.leaderboard_size, importance)

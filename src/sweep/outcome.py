@@ -1,0 +1,96 @@
+"""What one run of a trial came to (`TrialOutcome`), and `tell`: the one place that records it in the study.
+
+Every path ends here: a trial trained alone, one trained in a batch, a confirmation or test run. KerasTuner
+tells a failed trial from a fatal error the same way: a failed trial is recorded and the sweep goes on; a
+fatal one (its params cannot even be drawn) gives the trial back and stops the worker.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from src.errors import UserError, first_line
+from src.sweep.optuna_internals import frozen
+from src.sweep.processes import signals_held
+from src.sweep.recovery import give_back
+
+RESERVED = ("worker", "error", "interrupted", "run_dir")  # the sweeper's own user attributes
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """Metrics (what the task returned), or an error as one line; `pruned_at` the epoch a pruner stopped it."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    fatal: bool = False
+    pruned_at: int | None = None
+
+    @classmethod
+    def of(cls, returned: Any, objective: str, pruned_at: int | None = None) -> TrialOutcome:
+        """From what a task returned (a dict of metrics, or one number: the first objective's) or raised."""
+        if isinstance(returned, BaseException):
+            return cls.failed(returned)
+        return cls(metrics=dict(returned) if isinstance(returned, dict) else {objective: returned}, pruned_at=pruned_at)
+
+    @classmethod
+    def failed(cls, error: BaseException | str, fatal: bool = False) -> TrialOutcome:
+        return cls(error=first_line(error) if isinstance(error, BaseException) else error, fatal=fatal)
+
+    def values(self, objectives: list[str]) -> list[float] | None:
+        """The objectives' values, or None when one is missing or not a finite number."""
+        values = [self.metrics.get(m) for m in objectives]
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        return values if ok else None
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str],
+         run_dir: str) -> FrozenTrial | None:
+    """Record `outcome` as the trial's result, whole (stop signals held: a signal cutting a storage transaction
+    would leave SQLite locked): its folder, one user attribute per plain metric (optuna-dashboard sorts and
+    filters by them), then COMPLETE with the objectives' values, PRUNED, or FAIL with the error. Returns the
+    told trial, or None when another worker failed it meanwhile (its heartbeat stopped for the grace period).
+    A fatal outcome is given back instead (not counted, not queued again) and raised as a `UserError`."""
+    if outcome.fatal:
+        give_back(study, frozen(study, trial), str(outcome.error), retry=False)
+        raise UserError(str(outcome.error))
+    try:
+        with signals_held():
+            trial.set_user_attr("run_dir", run_dir)
+            _record(study, trial, outcome, objectives)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        print(f"trial {trial.number} was failed by another worker while it ran (no heartbeat within "
+              f"the grace period); its result is not recorded", flush=True)
+        return None
+    return frozen(study, trial)
+
+
+def _record(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str]) -> None:
+    if outcome.error is not None:
+        trial.set_user_attr("error", outcome.error)
+        return _tell(study, trial, state=TrialState.FAIL)
+    for key, value in outcome.metrics.items():
+        if isinstance(value, (bool, int, float, str)) and key not in RESERVED:
+            trial.set_user_attr(key, value)
+    if outcome.pruned_at is not None:
+        return _tell(study, trial, state=TrialState.PRUNED)
+    values = outcome.values(objectives)
+    if values is None:
+        found = [outcome.metrics.get(m) for m in objectives]
+        trial.set_user_attr("error", f"objective {objectives} not in the task's metrics or not finite: {found}")
+        return _tell(study, trial, state=TrialState.FAIL)
+    _tell(study, trial, values=values)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:
+    """`study.tell`, minus the grid sampler's `study.stop()` on its last point, which ask-and-tell forbids
+    (Optuna stores the result before that call; the budget already ends the sweep)."""
+    try:
+        study.tell(trial, skip_if_finished=True, **result)  # failed meanwhile as stale: Optuna warns
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
