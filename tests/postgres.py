@@ -61,7 +61,7 @@ class PostgresServer:
     database: str = DATABASE
     superuser_password: str = field(default="", repr=False)
     _stopped: bool = field(default=False, repr=False)
-    _process: subprocess.Popen | None = field(default=None, repr=False)
+    process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -102,7 +102,7 @@ class PostgresServer:
         if self._stopped:
             return
         self._stopped = True
-        proc = self._process
+        proc = self.process
         if proc is None:
             return
         # SIGINT: fast shutdown; SIGQUIT: immediate shutdown; SIGKILL: last resort.
@@ -155,7 +155,7 @@ def start_postgres(base_dir: Path, password: str | None = None) -> PostgresServe
         port = _free_port()
         server = PostgresServer(port=port, password=password, data_dir=data_dir, log_path=log_path,
                                 bin_dir=bin_dir, run_as=run_as, superuser_password=superuser_password)
-        server._process = _spawn_server(server)
+        server.process = _spawn_server(server)
         problem = _wait_ready(server, START_TIMEOUT)
         if problem is None:
             break
@@ -244,7 +244,7 @@ def _wait_ready(server: PostgresServer, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     last = "no attempt"
     while time.monotonic() < deadline:
-        code = server._process.poll() if server._process else None
+        code = server.process.poll() if server.process else None
         if code is not None:
             return f"postgres exited with status {code}"
         try:

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT
-from src.sweep.study import counts
+from src.sweep.budget import uses_slot as counts
 
 N_TRIALS = 6
 # Short trials that report every epoch (a median pruner that never prunes: 100 start-up trials).

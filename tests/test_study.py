@@ -12,31 +12,34 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from src.errors import UserError
-from src.sweep import study as studies
+from src.sweep.budget import next_step, uses_slot, within_budget
+from src.sweep.optuna_internals import frozen, heartbeat
+from src.sweep.recovery import Unclaimed, give_back
+from src.sweep.storage import Storage
+from src.sweep.study import best_trial, check_space, open_study, suggest
 from src.sweep.samplers import make_sampler
-from src.sweep.results import describe
-from src.sweep.space import parse
+from src.sweep.space import describe, parse
 
 SPACE = {"x": FloatDistribution(0.0, 1.0), "n": IntDistribution(1, 8)}
 
 
-def sqlite_storage(tmp_path, interval=1, grace=2) -> studies.Storage:
-    return studies.Storage(f"sqlite:///{tmp_path / 'study.db'}", interval, grace)
+def sqlite_storage(tmp_path, interval=1, grace=2) -> Storage:
+    return Storage(f"sqlite:///{tmp_path / 'study.db'}", interval, grace)
 
 
-def new_study(storage: studies.Storage, seed: int | None = 0, name: str = "s") -> optuna.Study:
+def new_study(storage: Storage, seed: int | None = 0, name: str = "s") -> optuna.Study:
     sampler = make_sampler("tpe", seed, {"n_startup_trials": 2}, parse({}, []))
-    return studies.open_study(storage.connect(), name, ["maximize"], sampler, optuna.pruners.NopPruner())
+    return open_study(storage.connect(), name, ["maximize"], sampler, optuna.pruners.NopPruner())
 
 
 def ask(study: optuna.Study, budget: int, owner: str = "w") -> optuna.Trial | None:
     """What a worker does: ask, claim within the budget, draw params (None when asked past the budget)."""
     trial = study.ask()
     trial.set_user_attr("worker", owner)
-    if not studies.within_budget(study.get_trials(deepcopy=False), trial.number, budget):
-        studies.give_back(study, studies.frozen(study, trial), "not run", retry=False)
+    if not within_budget(study.get_trials(deepcopy=False), trial.number, budget):
+        give_back(study, frozen(study, trial), "not run", retry=False)
         return None
-    studies.suggest(trial, SPACE)
+    suggest(trial, SPACE)
     return trial
 
 
@@ -45,7 +48,7 @@ def complete(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def counted(study: optuna.Study) -> int:
-    return sum(map(studies.counts, study.get_trials(deepcopy=False)))
+    return sum(map(uses_slot, study.get_trials(deepcopy=False)))
 
 
 def test_exact_budget_when_workers_ask_at_once(tmp_path):
@@ -53,10 +56,10 @@ def test_exact_budget_when_workers_ask_at_once(tmp_path):
     a, b, c = ask(study, 2), ask(study, 2), ask(study, 2)  # three workers asked before any finished
     assert a is not None and b is not None and c is None
     surplus = study.get_trials(deepcopy=False)[2]
-    assert surplus.state == TrialState.FAIL and not studies.counts(surplus) and not surplus.params
+    assert surplus.state == TrialState.FAIL and not uses_slot(surplus) and not surplus.params
     complete(study, a)
     complete(study, b)
-    assert counted(study) == 2 and studies.next_step(study.get_trials(), 2) == "done"
+    assert counted(study) == 2 and next_step(study.get_trials(), 2) == "done"
 
 
 def test_next_step_waits_while_others_run_and_asks_for_a_given_back_slot(tmp_path):
@@ -64,23 +67,23 @@ def test_next_step_waits_while_others_run_and_asks_for_a_given_back_slot(tmp_pat
     a = ask(study, 2)
     b = ask(study, 2)
     complete(study, a)
-    assert studies.next_step(study.get_trials(), 2) == "wait"  # b runs elsewhere and may die
-    assert studies.give_back(study, studies.frozen(study, b), "its worker process died")
+    assert next_step(study.get_trials(), 2) == "wait"  # b runs elsewhere and may die
+    assert give_back(study, frozen(study, b), "its worker process died")
     trials = study.get_trials()
-    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["interrupted"] and not studies.counts(trials[1])
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["interrupted"] and not uses_slot(trials[1])
     assert trials[2].state == TrialState.WAITING and trials[2].params == b.params  # queued again
-    assert studies.next_step(trials, 2) == "ask"
+    assert next_step(trials, 2) == "ask"
     retry = ask(study, 2)
     assert retry.number == 2 and retry.params == b.params
     complete(study, retry)
-    assert counted(study) == 2 and studies.next_step(study.get_trials(), 2) == "done"
+    assert counted(study) == 2 and next_step(study.get_trials(), 2) == "done"
 
 
 def test_a_queued_trial_cut_short_before_it_drew_its_params_is_queued_again(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
     study.enqueue_trial({"config": 3, "seed": 1})
     trial = study.ask()  # Ctrl-C lands here: claimed, nothing drawn yet
-    assert trial.params == {} and studies.give_back(study, studies.frozen(study, trial), "interrupted by Ctrl-C")
+    assert trial.params == {} and give_back(study, frozen(study, trial), "interrupted by Ctrl-C")
     again = study.get_trials()[1]
     assert again.state == TrialState.WAITING and again.system_attrs["fixed_params"] == {"config": 3, "seed": 1}
 
@@ -89,7 +92,7 @@ def test_give_back_of_a_finished_trial_changes_nothing(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
     a = ask(study, 3)
     complete(study, a)
-    assert not studies.give_back(study, studies.frozen(study, a), "late")
+    assert not give_back(study, frozen(study, a), "late")
     assert study.get_trials()[0].state == TrialState.COMPLETE and len(study.get_trials()) == 1
 
 
@@ -98,36 +101,38 @@ def test_failed_task_counts_and_interrupted_does_not():
         return optuna.trial.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
                                          user_attrs=attrs)
 
-    assert studies.counts(trial(TrialState.COMPLETE))
-    assert studies.counts(trial(TrialState.RUNNING)) and studies.counts(trial(TrialState.WAITING))
-    assert studies.counts(trial(TrialState.FAIL, error="diverged"))
-    assert not studies.counts(trial(TrialState.FAIL, error="interrupted by Ctrl-C", interrupted=True))
-    assert not studies.counts(trial(TrialState.FAIL))  # failed by the stale-trial check: no error of ours
+    assert uses_slot(trial(TrialState.COMPLETE))
+    assert uses_slot(trial(TrialState.RUNNING)) and uses_slot(trial(TrialState.WAITING))
+    assert uses_slot(trial(TrialState.FAIL, error="diverged"))
+    assert not uses_slot(trial(TrialState.FAIL, error="interrupted by Ctrl-C", interrupted=True))
+    assert not uses_slot(trial(TrialState.FAIL))  # failed by the stale-trial check: no error of ours
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_dead_workers_trial_is_failed_after_the_grace_period_and_queued_again(tmp_path, kind):
     url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'journal.log'}"
-    storage = studies.Storage(url, heartbeat_interval=1, grace_period=2)
+    storage = Storage(url, heartbeat_interval=1, grace_period=2)
     dead_side, live_side = new_study(storage), new_study(storage)
     dead = ask(dead_side, 5, "dead")
-    with studies.heartbeat(dead_side, dead):  # beats once, then its process "dies" (the beating stops)
+    with heartbeat(dead_side, dead):  # beats once, then its process "dies" (the beating stops)
         pass
     live = ask(live_side, 5, "live")
-    with studies.heartbeat(live_side, live):  # a live trial keeps beating through the grace period
-        time.sleep(3.5)
-        studies.fail_stale_trials(live_side)
+    with heartbeat(live_side, live):  # a live trial keeps beating through the grace period
+        deadline = time.monotonic() + 60
+        while live_side.get_trials()[0].state == TrialState.RUNNING and time.monotonic() < deadline:
+            optuna.storages.fail_stale_trials(live_side)  # the dead one fails once its grace period is over
+            time.sleep(0.2)
         trials = live_side.get_trials()
         assert trials[1].state == TrialState.RUNNING  # never fails a live trial
-    assert trials[0].state == TrialState.FAIL and not studies.counts(trials[0])
+    assert trials[0].state == TrialState.FAIL and not uses_slot(trials[0])
     assert trials[2].state == TrialState.WAITING and trials[2].params == dead.params
-    studies.fail_stale_trials(dead_side)  # a second look fails nothing more and queues nothing more
+    optuna.storages.fail_stale_trials(dead_side)  # a second look fails nothing more and queues nothing more
     assert len(live_side.get_trials()) == 3
 
 
 def test_trial_seeded_sampler_differs_between_workers_and_repeats_for_a_seed(tmp_path):
     def draws(seed, path):
-        study = new_study(studies.Storage(f"sqlite:///{path}", 1, 2), seed=seed)
+        study = new_study(Storage(f"sqlite:///{path}", 1, 2), seed=seed)
         trials = [ask(study, 10) for _ in range(4)]  # four workers asking at once: no duplicate points
         return [t.params for t in trials]
 
@@ -142,17 +147,17 @@ def described(space: dict) -> dict[str, str]:
 
 def test_changed_search_space_is_refused_with_both_distributions(tmp_path, capsys):
     study = new_study(sqlite_storage(tmp_path))
-    studies.check_space(study, described(SPACE), ["data.n_train=600"])  # the first run records the question
-    assert studies.give_back(study, studies.frozen(study, ask(study, 3)), "interrupted by Ctrl-C")
-    studies.check_space(study, described(SPACE), ["data.n_train=600"])  # the same question: fine
+    check_space(study, described(SPACE), ["data.n_train=600"])  # the first run records the question
+    assert give_back(study, frozen(study, ask(study, 3)), "interrupted by Ctrl-C")
+    check_space(study, described(SPACE), ["data.n_train=600"])  # the same question: fine
     with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks int in \[1, 16\]: "
                                         r"set hydra.sweeper.study_name"):
-        studies.check_space(study, described({**SPACE, "n": IntDistribution(1, 16)}), [])
+        check_space(study, described({**SPACE, "n": IntDistribution(1, 16)}), [])
     with pytest.raises(UserError, match=r"searched a as nothing \(not searched\); this run asks choice\(u, v\)"):
-        studies.check_space(study, described({**SPACE, "a": CategoricalDistribution(["u", "v"])}), [])
+        check_space(study, described({**SPACE, "a": CategoricalDistribution(["u", "v"])}), [])
     with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks nothing"):
-        studies.check_space(study, described({"x": SPACE["x"]}), [])
-    studies.check_space(study, described(SPACE), ["data.n_train=1200"])
+        check_space(study, described({"x": SPACE["x"]}), [])
+    check_space(study, described(SPACE), ["data.n_train=1200"])
     assert "ran with fixed overrides ['data.n_train=600']; this run has ['data.n_train=1200']" in capsys.readouterr().out
 
 
@@ -168,24 +173,24 @@ def test_a_trial_whose_params_cannot_be_drawn_is_given_back_not_left_running(tmp
     with pytest.raises(UserError, match="trial 1: cannot draw its params: Cannot set different distribution kind"):
         runner.run_trial(study, trial, pruning=False)
     failed = study.get_trials()[1]
-    assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"] and not studies.counts(failed)
+    assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"] and not uses_slot(failed)
 
 
 def test_directions_must_match_the_stored_study(tmp_path):
     storage = sqlite_storage(tmp_path)
     new_study(storage)
     with pytest.raises(UserError, match=r"created with directions \['maximize'\], not \['minimize'\]"):
-        studies.open_study(storage.connect(), "s", ["minimize"], optuna.samplers.RandomSampler(),
+        open_study(storage.connect(), "s", ["minimize"], optuna.samplers.RandomSampler(),
                            optuna.pruners.NopPruner())
 
 
 def test_best_trial_prefers_the_earlier_of_equals(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
-    assert studies.best_trial(study) is None
+    assert best_trial(study) is None
     for value in (0.5, 0.9, 0.9, 0.1):
         t = study.ask()
         study.tell(t, value)
-    assert studies.best_trial(study).number == 1
+    assert best_trial(study).number == 1
 
 
 def test_empty_or_foreign_storage_file_is_refused(tmp_path):
@@ -201,7 +206,7 @@ def test_empty_or_foreign_storage_file_is_refused(tmp_path):
         sqlite_storage(tmp_path).connect()
     (tmp_path / "notes.log").write_text("hello\n")
     with pytest.raises(UserError, match="not an Optuna journal"):
-        studies.Storage(f"journal:{tmp_path / 'notes.log'}", 1, 2).connect()
+        Storage(f"journal:{tmp_path / 'notes.log'}", 1, 2).connect()
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -213,11 +218,11 @@ def test_empty_or_foreign_storage_file_is_refused(tmp_path):
     ("sqlite:///x.db", "sqlite:///x.db"),
 ])
 def test_password_is_masked_in_what_is_shown(url, shown):
-    assert studies.Storage(url, 10, 30).display == shown
+    assert Storage(url, 10, 30).display == shown
 
 
 def test_password_is_masked_in_every_form_a_message_may_hold():
-    storage = studies.Storage("postgresql+psycopg2://me:pa%40ss@db.example:5432/sweeps", 10, 30)
+    storage = Storage("postgresql+psycopg2://me:pa%40ss@db.example:5432/sweeps", 10, 30)
     assert storage.mask("could not connect with pa@ss or pa%40ss") == "could not connect with *** or ***"
 
 
@@ -242,7 +247,7 @@ def test_concurrent_creation_of_one_sqlite_study(tmp_path):
 def test_categorical_params_are_drawn_with_suggest(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
     trial = study.ask()
-    params = studies.suggest(trial, {"a": CategoricalDistribution(["relu", "tanh"]), **SPACE})
+    params = suggest(trial, {"a": CategoricalDistribution(["relu", "tanh"]), **SPACE})
     assert params["a"] in ("relu", "tanh") and 1 <= params["n"] <= 8
 
 
@@ -250,12 +255,14 @@ def test_a_trial_whose_process_died_as_it_was_asked_is_given_back(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
     orphan = study.ask()  # created, then its process died before it beat or claimed the trial
     beating = study.ask()
-    with studies.heartbeat(study, beating):  # a trial of another tool: beats, but has no owner of ours
-        unclaimed = studies.Unclaimed(grace=0.5)
+    with heartbeat(study, beating):  # a trial of another tool: beats, but has no owner of ours
+        unclaimed = Unclaimed(grace=0.5)
         unclaimed.give_back(study, study.get_trials())
         assert study.get_trials()[0].state == TrialState.RUNNING  # not yet: seen for less than the grace period
-        time.sleep(0.6)
-        unclaimed.give_back(study, study.get_trials())
+        deadline = time.monotonic() + 30
+        while study.get_trials()[0].state == TrialState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.1)
+            unclaimed.give_back(study, study.get_trials())
     trials = study.get_trials()
-    assert trials[orphan.number].state == TrialState.FAIL and not studies.counts(trials[orphan.number])
+    assert trials[orphan.number].state == TrialState.FAIL and not uses_slot(trials[orphan.number])
     assert trials[beating.number].state == TrialState.RUNNING

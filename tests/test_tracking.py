@@ -11,8 +11,7 @@ from tensorboard.util.tensor_util import make_ndarray
 
 from conftest import error_lines, run_cli
 from src.sweep.settings import MlflowSettings, SweeperSettings
-from src.sweep.study import Storage
-from src.sweep.tracking import mask_also
+from src.sweep.storage import masking
 from test_sweep import TINY, sweep, table
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")  # MLflow's SQLAlchemy use
@@ -92,6 +91,6 @@ def test_mlflow_settings_and_both_passwords_masked():
     assert SweeperSettings().mlflow.tracking_uri is None  # off by default
     settings = SweeperSettings(mlflow={"tracking_uri": "postgresql+psycopg2://me:track%40pw@db/runs"})
     assert isinstance(settings.mlflow, MlflowSettings) and settings.mlflow.experiment is None
-    mask = mask_also(settings.mlflow.tracking_uri, Storage("postgresql+psycopg2://me:store-pw@db/sweeps", 1, 2).mask)
+    mask = masking("postgresql+psycopg2://me:store-pw@db/sweeps", settings.mlflow.tracking_uri)
     assert mask("postgresql+psycopg2://me:track%40pw@db/runs track@pw, postgresql+psycopg2://me:store-pw@db/sweeps") == \
         "postgresql+psycopg2://me:***@db/runs ***, postgresql+psycopg2://me:***@db/sweeps"

@@ -87,54 +87,69 @@ def run(work: Work, n_workers: int, give_back: Callable[[str, str], None], max_d
     Raises `UserError` (a worker's message, or too many deaths) or `Stopped` (a signal), always after
     every worker has exited.
     """
-    context = multiprocessing.get_context("fork")
-    errors = context.Queue()
-    running: dict[int, tuple[Any, str]] = {}
-    deaths, failure = 0, None
+    Pool(work, n_workers, give_back, max_deaths).run()
 
-    def start(slot: int) -> None:
+
+class Pool:
+    """The running worker processes of one command, by slot, with their owner ids."""
+
+    def __init__(self, work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int) -> None:
+        self.work, self.n_workers, self.give_back, self.max_deaths = work, n_workers, give_back, max_deaths
+        self.context = multiprocessing.get_context("fork")
+        self.errors = self.context.Queue()
+        self.running: dict[int, tuple[Any, str]] = {}
+        self.deaths = 0
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        raise_on_signals(once=False)
+        try:
+            for slot in range(self.n_workers):
+                self.start(slot)
+            while self.running:
+                multiprocessing.connection.wait([p.sentinel for p, _ in self.running.values()])
+                for slot, (proc, owner) in list(self.running.items()):
+                    if proc.exitcode is not None:
+                        del self.running[slot]
+                        self.ended(slot, proc.exitcode, owner)
+        except Stopped:
+            _stop(self.running, self.give_back)
+            raise
+        finally:
+            for s in SIGNALS:
+                signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        if self.failure is not None:
+            raise UserError(self.failure)
+
+    def start(self, slot: int) -> None:
         owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}"
-        proc = context.Process(target=_worker_main, args=(work, slot, n_workers, owner, errors, os.getpid()))
+        proc = self.context.Process(target=_worker_main, args=(self.work, slot, self.n_workers, owner, self.errors,
+                                                               os.getpid()))
         proc.start()
-        running[slot] = (proc, owner)
+        self.running[slot] = (proc, owner)
 
-    raise_on_signals(once=False)
-    try:
-        for slot in range(n_workers):
-            start(slot)
-        while running:
-            multiprocessing.connection.wait([p.sentinel for p, _ in running.values()])
-            for slot, (proc, owner) in list(running.items()):
-                if proc.exitcode is None:
-                    continue
-                del running[slot]
-                code = proc.exitcode
-                if code == Exit.RETIRED:
-                    if failure is None:
-                        start(slot)
-                elif code == Exit.USER_ERROR:
-                    failure = failure or _message(errors)
-                    _signal_all(running)  # the others stop too; their running trials are given back
-                elif code != Exit.DONE:
-                    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-                    give_back(owner, f"its worker process died ({how})")
-                    if code < 128:  # died, rather than stopped cleanly by a signal sent to it alone
-                        deaths += 1
-                    if deaths > max_deaths:
-                        failure = failure or f"worker processes died {deaths} times (last: {how}); see the trial logs"
-                        _signal_all(running)
-                    elif failure is None:
-                        print(f"a worker process ended ({how}); its trial is given back; starting another",
-                              file=sys.stderr, flush=True)
-                        start(slot)
-    except Stopped:
-        _stop(running, give_back)
-        raise
-    finally:
-        for s in SIGNALS:
-            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
-    if failure is not None:
-        raise UserError(failure)
+    def ended(self, slot: int, code: int, owner: str) -> None:
+        """A worker exited with `code`: start another in its slot, or stop them all."""
+        if code == Exit.DONE:
+            return
+        if code == Exit.RETIRED:
+            if self.failure is None:
+                self.start(slot)
+            return
+        if code == Exit.USER_ERROR:
+            self.failure = self.failure or _message(self.errors)
+            _signal_all(self.running)  # the others stop too; their running trials are given back
+            return
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        self.give_back(owner, f"its worker process died ({how})")
+        if code < 128:  # died, rather than stopped cleanly by a signal sent to it alone
+            self.deaths += 1
+        if self.deaths > self.max_deaths:
+            self.failure = self.failure or f"worker processes died {self.deaths} times (last: {how}); see the trial logs"
+            _signal_all(self.running)
+        elif self.failure is None:
+            print(f"a worker process ended ({how}); its trial is given back; starting another", file=sys.stderr, flush=True)
+            self.start(slot)
 
 
 def _message(errors: Any) -> str:

@@ -68,23 +68,33 @@ class SweeperSettings:
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)  # mlflow.tracking_uri: each finished trial as an MLflow run
 
     def __post_init__(self) -> None:
+        self._read_hos_keys()
+        self._check_blocks()
+        self._check_counts()
+
+    def _read_hos_keys(self) -> None:
+        """Nested blocks as dataclasses; hydra-optuna-sweeper's spellings (`direction`, `n_jobs`) as ours."""
         if isinstance(self.confirm, dict):
             self.confirm = ConfirmSettings(**self.confirm)
-        if self.confirm.top_k < 0 or self.confirm.seeds < (1 if self.confirm.top_k else 0):
-            raise UserError(f"hydra.sweeper.confirm: top_k={self.confirm.top_k}, seeds={self.confirm.seeds}; "
-                            f"use top_k >= 1 and seeds >= 1 (top_k=0: off)")
         if isinstance(self.mlflow, dict):
             self.mlflow = MlflowSettings(**self.mlflow)
-        if self.direction is not None:  # hydra-optuna-sweeper's spelling
+        if self.direction is not None:
             self.directions = [self.direction] if isinstance(self.direction, str) else list(self.direction)
         if self.n_jobs is not None:
             self.n_workers = self.n_jobs
+
+    def _check_blocks(self) -> None:
+        if self.confirm.top_k < 0 or self.confirm.seeds < (1 if self.confirm.top_k else 0):
+            raise UserError(f"hydra.sweeper.confirm: top_k={self.confirm.top_k}, seeds={self.confirm.seeds}; "
+                            f"use top_k >= 1 and seeds >= 1 (top_k=0: off)")
         if self.max_failure_rate is not None and not 0.0 <= self.max_failure_rate <= 1.0:
             raise UserError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: use a share in [0, 1]")
         if isinstance(self.sampler, dict) and "_target_" not in self.sampler:
             raise UserError(f"hydra.sweeper.sampler={self.sampler}: give a sampler name or a block with _target_")
         if isinstance(self.pruner, dict) and "_target_" not in self.pruner:
             raise UserError(f"hydra.sweeper.pruner={self.pruner}: give a pruner name or a block with _target_")
+
+    def _check_counts(self) -> None:
         for name in ("n_trials", "n_workers", "max_trials_per_worker", "batch_trials", "max_failures",
                      "heartbeat_interval", "leaderboard_size"):
             value = getattr(self, name)
