@@ -1,0 +1,247 @@
+"""The claim-and-drain loop in-process, on a real SQLite study, without Hydra or TensorFlow: claiming and giving
+back on every exit path, the order of a drain's steps, and both phases' policies (the search, the queues)."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from src.errors import UserError
+from src.sweep import budget
+from src.sweep.confirm import Confirmation
+from src.sweep.context import Sweep
+from src.sweep.loop import Claim, Patience, drain
+from src.sweep.outcome import TrialOutcome, tell
+from src.sweep.search import Search
+from src.sweep.settings import SweeperSettings
+from src.sweep.space import SearchSpace
+from src.sweep.storage import Storage
+from src.sweep.study import open_study
+
+SPACE = {"x": FloatDistribution(0.0, 1.0)}
+
+
+def new_study(tmp_path: Path, name: str = "s") -> optuna.Study:
+    storage = Storage(f"sqlite:///{tmp_path / 'study.db'}", 1, 2)
+    return open_study(storage.connect(), name, ["maximize"], optuna.samplers.RandomSampler(seed=0),
+                      optuna.pruners.NopPruner())
+
+
+class Budgeted:
+    """A policy of n_trials trials, `k` at a time; `run` tells each the value of x (or does what `act` says)."""
+
+    def __init__(self, n_trials: int, k: int, act: Any = None) -> None:
+        self.n_trials, self.k, self.act = n_trials, k, act
+        self.claims: list[list[int]] = []
+        self.afters: list[tuple[list[int], bool]] = []
+
+    def check(self, trials: Sequence[FrozenTrial]) -> None:
+        pass
+
+    def step(self, trials: Sequence[FrozenTrial]) -> budget.Step:
+        return budget.next_step(trials, self.n_trials)
+
+    def claim_size(self, trials: Sequence[FrozenTrial]) -> int:
+        return self.k
+
+    def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
+        return None if budget.within_budget(study.get_trials(deepcopy=False), trial.number, self.n_trials) else "past"
+
+    def run(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
+        self.claims.append([t.number for t in trials])
+        xs = [trial.suggest_float("x", 0.0, 1.0) for trial in trials]
+        for i, (trial, x) in enumerate(zip(trials, xs)):
+            if self.act is not None:
+                self.act(i, trial)
+            tell(study, trial, TrialOutcome.of({"value": x}, "value"), ["value"], "nowhere")
+
+    def after(self, study: optuna.Study, trials: list[optuna.Trial], completed: bool) -> None:
+        self.afters.append(([t.number for t in trials], completed))
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials()]
+
+
+def test_drain_runs_exactly_the_budget_k_at_a_time(tmp_path):
+    study, policy = new_study(tmp_path), Budgeted(5, 2)
+    assert drain(study, policy, "w", grace=2, heartbeat_interval=1) == "done"
+    assert policy.claims == [[0, 1], [2, 3], [4]]  # the last claim stops at the budget
+    assert states(study) == ["COMPLETE"] * 5
+    assert [t.user_attrs["worker"] for t in study.get_trials()] == ["w"] * 5
+    assert policy.afters == [([0, 1], True), ([2, 3], True), ([4], True)]
+
+
+@pytest.mark.parametrize("error, reason", [
+    (KeyboardInterrupt(), "interrupted by Ctrl-C"),
+    (KeyboardInterrupt("interrupted by SIGTERM"), "interrupted by SIGTERM"),
+    (RuntimeError("disk on fire\nsecond line"), "its worker stopped: disk on fire"),
+])
+def test_every_claimed_trial_not_told_is_given_back_on_any_exit(tmp_path, error, reason):
+    def second_fails(i: int, trial: optuna.Trial) -> None:
+        if i == 1:
+            raise error
+
+    study, policy = new_study(tmp_path), Budgeted(5, 3, act=second_fails)
+    with pytest.raises(type(error)):
+        drain(study, policy, "w", grace=2, heartbeat_interval=1)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials[:3]] == ["COMPLETE", "FAIL", "FAIL"]  # the told one stays told
+    assert all(t.user_attrs["error"] == reason and t.user_attrs["interrupted"] for t in trials[1:3])
+    assert not any(budget.uses_slot(t) for t in trials[1:3])
+    assert [t.state.name for t in trials[3:]] == ["WAITING", "WAITING"]  # queued again, one per trial given back
+    assert policy.afters == [([0, 1, 2], False)]
+
+
+def test_a_claim_left_before_any_run_gives_back_what_it_asked(tmp_path):
+    study = new_study(tmp_path)
+    with pytest.raises(KeyboardInterrupt), Claim(study, "w") as claim:
+        claim.take(2, Budgeted(5, 2))
+        raise KeyboardInterrupt
+    assert states(study)[:2] == ["FAIL", "FAIL"] and len(study.get_trials()) == 2  # no params drawn: nothing queued
+
+
+def test_a_trial_the_policy_refuses_is_given_back_without_retry_and_ends_the_claim(tmp_path):
+    study = new_study(tmp_path)
+    for _ in range(2):  # another worker's two running trials use both slots
+        study.ask().set_user_attr("worker", "other")
+    with Claim(study, "w") as claim:
+        claim.take(2, Budgeted(2, 2))
+    trials = study.get_trials()
+    assert claim.trials == [] and trials[2].state == TrialState.FAIL and trials[2].user_attrs["error"] == "past"
+    assert len(trials) == 3 and not budget.uses_slot(trials[2])  # not queued again, no slot used
+
+
+def test_drain_fails_stale_and_unclaimed_trials_before_it_decides(tmp_path):
+    study = new_study(tmp_path)
+    orphan = study.ask()  # its process died as it asked: no owner, no heartbeat
+    policy = Budgeted(2, 1)
+    start = time.monotonic()
+    assert drain(study, policy, "w", grace=0.3, heartbeat_interval=0.1) == "done"  # waits, then gives it back
+    trials = study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL and trials[orphan.number].user_attrs["interrupted"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2 and time.monotonic() - start < 30
+
+
+def test_retire_when_the_policy_claims_nothing(tmp_path):
+    study, policy = new_study(tmp_path), Budgeted(3, 0)
+    assert drain(study, policy, "w", grace=2, heartbeat_interval=1) == "retired"
+    assert study.get_trials() == []
+
+
+def test_patience_doubles_up_to_its_cap_and_resets():
+    patience = Patience(heartbeat_interval=0.2)
+    waits = []
+    for _ in range(4):
+        waits.append(patience.next)
+        patience.next = min(2 * patience.next, patience.longest)  # as pause() does, without sleeping
+    assert waits == [0.05, 0.1, 0.2, 0.2]
+    patience.reset()
+    assert patience.next == 0.05
+
+
+# --- the two phases' policies, with a stand-in for the Hydra runner --------------------------------------
+
+class FakeRunner:
+    """Trains nothing: a trial's value is its x; seeds come from params, as Hydra would compose them."""
+
+    live, keep, on_told = False, [], None
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.objectives = folder, ["val_accuracy"]
+        self.jobs: list[list[str]] = []
+
+    def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        outcome = TrialOutcome.of({"val_accuracy": x}, "val_accuracy")
+        tell(study, trial, outcome, self.objectives, f"{self.folder}/trials/{trial.number}")
+
+    def compose(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"trainer": {"seed": 0}, "data": {"seed": 7}}
+
+    def run_job(self, overrides: list[str], number: int, subdir: str | None = None) -> TrialOutcome:
+        self.jobs.append(overrides)
+        seed = int(next(o for o in overrides if o.startswith("trainer.seed=")).split("=")[1])
+        x = float(next(o for o in overrides if o.startswith("x=")).split("=")[1])
+        return TrialOutcome.of({"val_accuracy": x - seed / 100, "test_accuracy": x / 2, "test_loss": 1.0}, "val_accuracy")
+
+
+def make_sweep(tmp_path: Path, **settings: Any) -> Sweep:
+    s = SweeperSettings(**{"n_trials": 4, "batch_trials": 2, "sampler": "random", **settings})
+    space = SearchSpace(distributions=dict(SPACE))
+    return Sweep(s, space, "s", Storage(f"sqlite:///{tmp_path / 'study.db'}", 1, 2), tmp_path, s.n_trials,
+                 FakeRunner(tmp_path), task_config=None, started=datetime.now())  # type: ignore[arg-type]
+
+
+def test_search_policy_runs_the_budget_and_writes_the_tables(tmp_path):
+    sweep = make_sweep(tmp_path)
+    study = sweep.open()
+    assert drain(study, Search(sweep, None), "w", 2, 1) == "done"
+    table = pd.read_csv(tmp_path / "trials.csv")
+    assert list(table["number"]) == [0, 1, 2, 3] and (table["state"] == "COMPLETE").all()
+    assert list(table["value"]) == [t.params["x"] for t in study.get_trials()]
+
+
+def test_search_policy_stops_on_max_failures(tmp_path):
+    sweep = make_sweep(tmp_path, max_failures=1)
+    study = sweep.open()
+    trial = study.ask()
+    tell(study, trial, TrialOutcome.failed(ValueError("bad")), ["val_accuracy"], "x")  # after this command started
+    with pytest.raises(UserError, match=r"stopped after 1 failed trials .*last error: ValueError: bad"):
+        drain(study, Search(sweep, None), "w", 2, 1)
+
+
+def test_search_policy_retires_after_max_trials_per_worker(tmp_path):
+    sweep = make_sweep(tmp_path, max_trials_per_worker=2, batch_trials=1)
+    study = sweep.open()
+    assert drain(study, Search(sweep, None), "w", 2, 1) == "retired"
+    assert states(study) == ["COMPLETE", "COMPLETE"]
+
+
+def test_confirmation_phase_runs_each_queued_run_once_then_tests_the_winner(tmp_path, capsys):
+    sweep = make_sweep(tmp_path, confirm={"top_k": 2, "seeds": 2}, test_overrides=["trainer.test=true"])
+    study = sweep.open()
+    drain(study, Search(sweep, None), "w", 2, 1)
+    phase = Confirmation(sweep)
+    assert not phase.finished()
+    phase.work("w")
+    assert phase.finished()
+    confirm, test = phase.queues()
+    top2 = [t.number for t in sorted(study.get_trials(), key=lambda t: -t.values[0])[:2]]
+    assert sorted((t.params["config"], t.params["seed"]) for t in confirm.get_trials()) == \
+        sorted((c, s) for c in top2 for s in (1, 2))
+    assert all(t.state == TrialState.COMPLETE for t in confirm.get_trials() + test.get_trials())
+    confirmed = phase.finish(study)
+    assert confirmed["winner"] == top2[0] and sorted(t.params["seed"] for t in test.get_trials()) == [0, 1, 2]
+    rows = pd.read_csv(tmp_path / "confirm.csv")
+    assert list(rows["run"]).count("test") == 3 and not rows.duplicated(["run", "config", "seed"]).any()
+    assert all("data.seed=7" in job for job in sweep.runner.jobs)  # the data split stays the trial's
+    assert "test run: trial #" in capsys.readouterr().out
+    phase.work("w")  # a second worker, or a resumed command, finds nothing left to run
+    assert len(confirm.get_trials()) == 4 and len(test.get_trials()) == 3
+
+
+def test_tell_records_a_fatal_outcome_as_given_back_and_raises(tmp_path):
+    study = new_study(tmp_path)
+    trial = study.ask()
+    with pytest.raises(UserError, match="cannot draw"):
+        tell(study, trial, TrialOutcome.failed("cannot draw", fatal=True), ["value"], "x")
+    told = study.get_trials()[0]
+    assert told.state == TrialState.FAIL and told.user_attrs["interrupted"] and not budget.uses_slot(told)
+
+
+def test_tell_fails_a_trial_whose_objective_is_missing_or_not_finite(tmp_path):
+    study = new_study(tmp_path)
+    for metrics in ({"other": 1.0}, {"value": float("nan")}):
+        tell(study, study.ask(), TrialOutcome.of(metrics, "value"), ["value"], "x")
+    assert states(study) == ["FAIL", "FAIL"]
+    assert all("not in the task's metrics or not finite" in t.user_attrs["error"] for t in study.get_trials())
+    tell(study, study.ask(), TrialOutcome.of(0.5, "value", pruned_at=2), ["value"], "x")
+    assert study.get_trials()[2].state == TrialState.PRUNED and study.get_trials()[2].user_attrs["value"] == 0.5
