@@ -1,16 +1,16 @@
 """K dense networks of one structure trained at once, as one compiled program.
 
-A small trial spends most of its time building and tracing a new Keras model (about 1.2 of 1.5 s);
-the arithmetic is a tenth. Here trials that share a structure (depth, activation, batch size, classes,
-dropout on or off, optimizer, data) share one compiled *epoch program*, and K of them train in it at
-once: every weight carries a leading trial axis ([K, in, out] kernels, [K, out] biases) and each layer
-is one batched matmul. Hidden widths are padded up to a bucket (the next power of two, at least 8; for
-long trials, whose arithmetic outweighs a trace, the next multiple of 8),
-with a 0/1 unit mask per trial, so trials of different widths share a program while each trains
-exactly its own, narrower network: the padded units are multiplied by 0, get zero gradients and stay
-exactly 0. Where a group is cheap (its trace would cost more than its arithmetic), depth and activation
-are runtime values too: one *mixed* program per coarse structure has the deepest layout seen, each trial
-picks its activation and skips the layers past its depth (they pass its activations through unchanged).
+A small trial spends most of its time building and tracing a new Keras model, not on its arithmetic.
+Here trials that share a structure (depth, activation, batch size, classes, dropout on or off,
+optimizer, data) share one compiled *epoch program*, and K of them train in it at once: every weight
+carries a leading trial axis ([K, in, out] kernels, [K, out] biases) and each layer is one batched
+matmul. Hidden widths are padded up to a bucket (the next power of two, at least 8; for long trials,
+whose arithmetic outweighs a trace, the next multiple of 8), with a 0/1 unit mask per trial, so trials
+of different widths share a program while each trains exactly its own, narrower network: the padded
+units are multiplied by 0, get zero gradients and stay exactly 0. Where a group is cheap (its trace
+would cost more than its arithmetic), depth and activation are runtime values too: one *mixed* program
+per coarse structure has the deepest layout seen, each trial picks its activation and skips the layers
+past its depth (they pass its activations through unchanged).
 
 Everything that differs between trials is a runtime tensor, never a Python constant baked into the
 trace: weights, learning rate, Adam's betas and epsilon, SGD's momentum, dropout rate, unit masks,
@@ -391,8 +391,8 @@ class BatchTrainer:
     `traces` counts how often a program was traced (compiled): the same structure again adds none.
     `last_weights` holds the padded, stacked weights of the last group trained (NumPy, [K, ...]).
 
-    `xla` (TensorFlow backend only; JAX always compiles with XLA): XLA makes a step about 5-10x faster
-    but compiling costs ~1.5 s against ~0.4 s for a plain trace (2 cores, measured). "auto" uses it for
+    `xla` (TensorFlow backend only; JAX always compiles with XLA): XLA makes a step several times faster
+    but compiling costs more than a plain trace (docs/performance.md). "auto" uses it for
     a group that runs at least `XLA_MIN_BATCHES` batches (steps per epoch x its most epochs), where it
     pays back even if the structure never comes again; True or False forces it."""
 

@@ -28,4 +28,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        gc.freeze()  # no collection over TensorFlow's objects as Python exits: about 1 s of the command
+        gc.freeze()  # no collection over TensorFlow's objects as Python exits (a second's pass, for nothing)

@@ -38,7 +38,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     start = time.perf_counter()
     check_config(cfg)
     out_dir = Path(out_dir)
-    keras.backend.clear_session(free_memory=False)  # drop the previous run's models; a full gc costs ~0.4 s
+    keras.backend.clear_session(free_memory=False)  # drop the previous run's models; no full gc per run
     keras.utils.set_random_seed(cfg.trainer.seed)
     model = build_model(cfg.model, n_inputs=28 * 28, n_classes=len(check_classes(cfg.data.classes)))
     data = load(cfg.data)
@@ -104,7 +104,7 @@ def steps_per_execution(trainer: Any, n_train: int) -> int:
 
     The same batches in the same order (identical metrics on the reference trial; dropout's random
     draws may differ), but Python and the framework are entered once per epoch instead of once per
-    batch: the reference trial runs about 2.5x faster.
+    batch (docs/performance.md has the speed-up on the reference trial).
     """
     if trainer.steps_per_execution == "epoch":
         return max(1, math.ceil(n_train / trainer.batch_size))
@@ -114,7 +114,7 @@ def steps_per_execution(trainer: Any, n_train: int) -> int:
 class Scorer:
     """Loss and metrics of a model on (x, y), as Keras's evaluate computes them, but run eagerly in
     slices of `batch_size`: for networks this small, tracing a compiled evaluation step each trial
-    costs more than the arithmetic (about 0.3 s of a 1.5 s quick trial)."""
+    costs more than the arithmetic."""
 
     def __init__(self, loss: Any, metrics: list[keras.metrics.Metric], batch_size: int) -> None:
         self.loss, self.metrics, self.batch_size = loss, metrics, batch_size

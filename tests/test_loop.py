@@ -218,7 +218,7 @@ def test_confirmation_phase_runs_each_queued_run_once_then_tests_the_winner(tmp_
     assert sorted((t.params["config"], t.params["seed"]) for t in confirm.get_trials()) == \
         sorted((c, s) for c in top2 for s in (1, 2))
     assert all(t.state == TrialState.COMPLETE for t in confirm.get_trials() + test.get_trials())
-    confirmed = phase.finish(study)
+    confirmed = phase.results(study)
     assert confirmed["winner"] == top2[0] and sorted(t.params["seed"] for t in test.get_trials()) == [0, 1, 2]
     rows = pd.read_csv(tmp_path / "confirm.csv")
     assert list(rows["run"]).count("test") == 3 and not rows.duplicated(["run", "config", "seed"]).any()

@@ -257,12 +257,12 @@ def test_a_trial_whose_process_died_as_it_was_asked_is_given_back(tmp_path):
     beating = study.ask()
     with heartbeat(study, beating):  # a trial of another tool: beats, but has no owner of ours
         unclaimed = Unclaimed(grace=0.5)
-        unclaimed.give_back(study, study.get_trials())
+        unclaimed.recover(study, study.get_trials())
         assert study.get_trials()[0].state == TrialState.RUNNING  # not yet: seen for less than the grace period
         deadline = time.monotonic() + 30
         while study.get_trials()[0].state == TrialState.RUNNING and time.monotonic() < deadline:
             time.sleep(0.1)
-            unclaimed.give_back(study, study.get_trials())
+            unclaimed.recover(study, study.get_trials())
     trials = study.get_trials()
     assert trials[orphan.number].state == TrialState.FAIL and not uses_slot(trials[orphan.number])
     assert trials[beating.number].state == TrialState.RUNNING

@@ -39,4 +39,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        gc.freeze()  # no collection over Hydra's, Optuna's and pandas's objects as Python exits: ~0.3 s
+        gc.freeze()  # no collection over Hydra's, Optuna's and pandas's objects as Python exits

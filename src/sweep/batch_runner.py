@@ -44,11 +44,11 @@ class BatchRunner:
             try:
                 jobs.append(self.runner.job_config(overrides, trial.number))
             except UserError as e:  # as the task would fail alone: that trial FAIL, with one line
-                self.runner.finish(study, trial, TrialOutcome.failed(e))
+                self.runner.record(study, trial, TrialOutcome.failed(e))
                 continue
             composed.append(trial)
             hooks.append(self.runner.hook(trial, pruning))
-        return self.train(jobs, lambda i, outcome: self.runner.finish(study, composed[i], outcome), hooks)
+        return self.train(jobs, lambda i, outcome: self.runner.record(study, composed[i], outcome), hooks)
 
     def train(self, jobs: list[DictConfig], told: Told, hooks: list[PruningHook | None]) -> int:
         """Train Hydra jobs (their composed configs) in as few programs as their structures allow, each

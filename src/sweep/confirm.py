@@ -176,7 +176,7 @@ class Confirmation:
             study.enqueue_trial({"config": run.config, "seed": run.seed}, skip_if_exists=True)
         return study
 
-    def finish(self, search: optuna.Study) -> dict[str, Any] | None:
+    def results(self, search: optuna.Study) -> dict[str, Any] | None:
         """confirm.csv and the confirmation's summary, or None where it has not started."""
         confirm, test = self.queues()
         if confirm is None:

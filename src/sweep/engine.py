@@ -58,7 +58,7 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
     try:
         if n_workers:
             processes.run(lambda slot, owner: work(sweep, slot, owner), n_workers,
-                          lambda owner, reason: give_back(sweep, owner, reason), settings.max_failures)
+                          lambda owner, reason: give_back_worker(sweep, owner, reason), settings.max_failures)
     except processes.Stopped as e:
         try:
             sweep.write_tables(sweep.open(), importance=True)
@@ -177,7 +177,7 @@ def plan_workers(requested: int, n_trials: int, trials: list[Any], name: str, re
     return n
 
 
-def give_back(sweep: Sweep, owner: str, reason: str) -> None:
+def give_back_worker(sweep: Sweep, owner: str, reason: str) -> None:
     """After a worker of this command ended abnormally: give back the trials it left running."""
     try:
         study = sweep.open()
@@ -197,7 +197,7 @@ def finish(sweep: Sweep) -> None:
     sweep.write_tables(study, importance=True)
     confirmation = confirm.Confirmation(sweep)
     with results.writing(sweep.folder):
-        confirmed = confirmation.finish(study) if sweep.settings.confirm.top_k else None
+        confirmed = confirmation.results(study) if sweep.settings.confirm.top_k else None
     if confirmed and confirmed["winner"] is not None:  # the winner by mean over seeds, not the luckiest run
         best, test = study.get_trials(deepcopy=False)[confirmed["winner"]], confirmation.test_score(confirmed)
     if best is not None:

@@ -52,7 +52,7 @@ def drain(study: optuna.Study, policy: Policy, owner: str, grace: float, heartbe
     unclaimed, patience = Unclaimed(grace), Patience(heartbeat_interval)
     while True:
         optuna.storages.fail_stale_trials(study)  # Optuna's retry callback queues them again
-        unclaimed.give_back(study, study.get_trials(deepcopy=False))
+        unclaimed.recover(study, study.get_trials(deepcopy=False))
         trials = study.get_trials(deepcopy=False)
         policy.check(trials)
         step = policy.step(trials)

@@ -62,7 +62,7 @@ class Unclaimed:
         self.grace = grace
         self.seen: dict[int, float] = {}
 
-    def give_back(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
         now = time.monotonic()
         unclaimed = {t.number: t for t in trials if t.state == TrialState.RUNNING and "worker" not in t.user_attrs}
         self.seen = {n: self.seen.get(n, now) for n in unclaimed}

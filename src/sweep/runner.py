@@ -45,7 +45,7 @@ class Runner:
         worker gives the trial back)."""
         overrides = self.space.overrides(self.draw(study, trial)) + self.keep
         hook = self.hook(trial, pruning, live=self.live)
-        self.finish(study, trial, self.run_job(overrides, trial.number, hook=hook))
+        self.record(study, trial, self.run_job(overrides, trial.number, hook=hook))
 
     def draw(self, study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
         """The trial's params (a queued retry keeps its own). A trial that cannot draw them is fatal: it is
@@ -56,7 +56,7 @@ class Runner:
                 self.extend(self.config, trial)
                 params = dict(trial.params)
         except Exception as e:  # noqa: BLE001 - told as fatal: the next line raises
-            self.finish(study, trial, TrialOutcome.failed(f"trial {trial.number}: cannot draw its params: {e}; set "
+            self.record(study, trial, TrialOutcome.failed(f"trial {trial.number}: cannot draw its params: {e}; set "
                                                           f"hydra.sweeper.study_name to start a new study", fatal=True))
         return params
 
@@ -65,7 +65,7 @@ class Runner:
         return PruningHook(trial, self.objectives[0], pruning, report=len(self.objectives) == 1,
                            show=progress.live_line(trial.number, self.objectives[0]) if live else None)
 
-    def finish(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    def record(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         """Tell the study the search trial's outcome, then the trackers (e.g. MLflow's logger)."""
         told = tell(study, trial, outcome, self.objectives, f"{self.folder}/trials/{trial.number}")
         if told is not None and self.on_told is not None:

@@ -24,7 +24,7 @@ from src.sweep.storage import retrying
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # MLflow's run statuses
 # Run once per sweep command, in a process of its own: creates the store's tables and the experiment. A refused
-# database login fails at once (MLflow's own engine retries would wait about 100 s).
+# database login fails at once (MLflow's own engine retries would wait minutes).
 PREPARE = ("import logging, sys; logging.disable(logging.WARNING); import mlflow.store.db.utils as db; "
            "db.MAX_RETRY_COUNT = 2; from mlflow import MlflowClient; "
            "c = MlflowClient(); c.get_experiment_by_name(sys.argv[1]) or c.create_experiment(sys.argv[1])")
