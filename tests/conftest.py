@@ -1,4 +1,6 @@
-"""Shared fixtures: the real data (required: a missing folder fails, never skips) and a CLI runner."""
+"""Shared fixtures: the real data (required: a missing folder fails, never skips) and a CLI runner; the `slow`
+marker on every test that runs a command, trains a network or starts a server (`pytest -m "not slow"` runs
+the rules in-process in under two minutes; plain `pytest` runs everything)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +12,18 @@ import pytest
 from postgres import postgres  # noqa: F401  (a real PostgreSQL server for the session)
 
 ROOT = Path(__file__).resolve().parents[1]
+# Modules whose every test runs the CLI or trains; elsewhere a test is slow when it uses a slow fixture.
+SLOW_MODULES = {"test_batch_sweep", "test_batch_training", "test_confirm", "test_coordination", "test_dashboard",
+                "test_hos", "test_packaging", "test_postgres_fixture", "test_readme", "test_sweep", "test_train"}
+SLOW_FIXTURES = {"quick_sweep", "postgres"}
 DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

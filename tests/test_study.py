@@ -266,3 +266,25 @@ def test_a_trial_whose_process_died_as_it_was_asked_is_given_back(tmp_path):
     trials = study.get_trials()
     assert trials[orphan.number].state == TrialState.FAIL and not uses_slot(trials[orphan.number])
     assert trials[beating.number].state == TrialState.RUNNING
+
+
+def test_storage_errors_are_classified_by_type():
+    """Creation races and lost connections are retried; a bad URL, a refused login or a foreign file is not."""
+    from sqlalchemy import exc
+
+    from src.sweep.storage import permanent
+
+    class PgError(Exception):
+        def __init__(self, text: str, pgcode: str | None) -> None:
+            super().__init__(text)
+            self.pgcode = pgcode
+
+    assert not permanent(exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE constraint failed")))
+    assert not permanent(exc.OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked")))
+    assert not permanent(exc.OperationalError("connect", {}, PgError("connection refused", None)))
+    assert not permanent(exc.ProgrammingError("CREATE", {}, PgError("relation exists", "42P07")))
+    assert permanent(exc.DatabaseError("SELECT", {}, sqlite3.DatabaseError("file is not a database")))
+    assert permanent(exc.OperationalError("connect", {}, PgError("bad password", "28P01")))
+    assert permanent(exc.OperationalError("connect", {}, PgError('database "x" does not exist', None)))
+    assert permanent(exc.ArgumentError("Could not parse SQLAlchemy URL"))
+    assert not permanent(RuntimeError("anything else"))

@@ -32,6 +32,7 @@ def hparams(folder):
             else v.bool_value for k, v in start.hparams.items()}
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_epoch_scalars_and_hparams(tmp_path, data_dir):
     out = tmp_path / "run"
     run_cli("train", f"hydra.run.dir={out}", "trainer.tensorboard=true", "trainer.verbose=0", "trainer.test=false",
@@ -50,6 +51,7 @@ def test_tensorboard_logs_epoch_scalars_and_hparams(tmp_path, data_dir):
     assert scalars(logs, "param_count") == {1: 784 * 12 + 12 + 12 * 12 + 12 + 12 * 3 + 3}
 
 
+@pytest.mark.slow
 def test_each_sweep_trial_is_an_mlflow_run_and_has_its_tensorboard_logs(tmp_path, data_dir):
     out, uri = tmp_path / "tracked", f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",

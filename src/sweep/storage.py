@@ -59,8 +59,8 @@ def permanent(error: Exception) -> bool:
     code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
     if code:
         return str(code)[:2] in PERMANENT_SQLSTATES
-    if isinstance(cause, sqlite3.DatabaseError) and not isinstance(cause, sqlite3.OperationalError):
-        return True  # "file is not a database"
+    if type(cause) is sqlite3.DatabaseError:  # "file is not a database" (its subclasses: races, locks)
+        return True
     return isinstance(error, exc.OperationalError) and any(s in str(cause).lower() for s in PERMANENT_CONNECT)
 
 
