@@ -17,13 +17,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT
+
+from src.metrics import RUN_METRICS
 from src.schema import register
 
 register()
 
 
-METRICS = {"val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy", "train_loss",
-           "test_accuracy", "test_loss", "epochs", "param_count", "seconds", "seed", "n_train", "n_val", "peak_rss_mb"}
+METRICS = set(RUN_METRICS)  # what src.training.run writes too (tests/test_train.py checks the list itself)
 
 
 def make_cfg(data_dir, *overrides: str):

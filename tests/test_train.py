@@ -9,6 +9,8 @@ import pandas as pd
 
 from conftest import ROOT, error_lines, run_cli
 
+from src.metrics import RUN_METRICS
+
 METRICS = {"val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy", "train_loss",
            "test_accuracy", "test_loss", "epochs", "param_count", "seconds", "seed", "n_train", "n_val",
            "peak_rss_mb"}
@@ -26,7 +28,7 @@ def test_lesson_run_writes_metrics_and_history(tmp_path, data_dir):
     assert "Epoch 3/3" in result.stdout and "val_accuracy" in result.stdout
     assert "Test loss: " in result.stderr + result.stdout and "test accuracy: " in result.stderr + result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == METRICS
+    assert set(metrics) == METRICS == set(RUN_METRICS)  # the one contract both training paths build from
     assert (metrics["epochs"], metrics["n_train"], metrics["n_val"]) == (3, 40, 10)
     assert metrics["param_count"] == 784 * 10 + 10 + 10 * 10 + 10 + 10 * 3 + 3
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
