@@ -173,7 +173,7 @@ def test_same_results_as_one_trial_at_a_time_within_seed_noise(data_dir, tmp_pat
         metrics = training.run(cfg, tmp_path / str(cfg.trainer.seed))
         first = (tmp_path / str(cfg.trainer.seed) / "history.csv").read_text().splitlines()[1].split(",")
         single.append({**metrics, "epoch1_loss": float(first[2])})  # epoch,accuracy,loss,...
-    batched = [{**r, "epoch1_loss": float(r["history"]["loss"].iloc[0])} for r in bt.train_group(cfgs)]
+    batched = [{**r, "epoch1_loss": float(r["history"]["loss"].iloc[0])} for r in bt.BatchTrainer().train_group(cfgs)]
     assert [r["epochs"] for r in batched] == [3] * 4
     assert [r["param_count"] for r in batched] == [r["param_count"] for r in single]
     for name, (one, many, bound) in seed_stats(single, batched).items():
@@ -269,7 +269,7 @@ def test_jax_backend_matches_one_at_a_time_and_the_tensorflow_batch(data_dir, bt
     assert abs(a.mean() - b.mean()) < max(3 * math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2), 0.01)
     assert [r["param_count"] for r in batched] == [r["param_count"] for r in single]
 
-    tf_batch = bt.train_group([make_cfg(data_dir, *SEED_NOISE_OVERRIDES, f"trainer.seed={s}") for s in range(4)])
+    tf_batch = bt.BatchTrainer().train_group([make_cfg(data_dir, *SEED_NOISE_OVERRIDES, f"trainer.seed={s}") for s in range(4)])
     tf_losses = [r["history"][["loss", "val_loss"]].values for r in tf_batch]
     np.testing.assert_allclose([r["losses"] for r in batched], tf_losses, rtol=1e-4)
 
