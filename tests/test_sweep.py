@@ -289,15 +289,3 @@ def test_a_terminal_sees_each_epoch_on_one_rewritten_line(tmp_path, data_dir):
     text = out.decode()
     assert "\r\x1b[Ktrial 0: epoch 1/3 val_accuracy=" in text and "\r\x1b[Ktrial 0: epoch 3/3" in text
     assert "\r\x1b[Ktrial 0 COMPLETE" in text and "1/1 done" in text
-
-
-def test_a_hydra_launcher_is_refused_not_ignored(tmp_path):
-    launchers = tmp_path / "conf" / "hydra" / "launcher"
-    launchers.mkdir(parents=True)  # a launcher config as a plugin such as hydra-joblib-launcher ships one
-    (launchers / "joblib.yaml").write_text("_target_: hydra._internal.core_plugins.basic_launcher.BasicLauncher\n")
-    result = run_cli("sweep", "-m", f"--config-dir={tmp_path / 'conf'}", f"hydra.sweep.dir={tmp_path / 'out'}", *TINY,
-                     "hydra/launcher=joblib", expect=2)
-    assert error_lines(result) == ["error: hydra/launcher=joblib is not used: the keras_optuna sweeper runs its trials "
-                                   "in its own worker processes; use hydra.sweeper.n_workers (here) or the same "
-                                   "command on more machines"]
-    assert not (tmp_path / "out" / "trials.csv").exists()

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.errors import UserError
 from src.files import write_csv
-from src.sweep import budget, task
+from src.sweep import budget, progress, task
 from src.sweep.budget import Step
 from src.sweep.context import Sweep
 from src.sweep.loop import drain
@@ -299,18 +299,14 @@ class RunQueue:
         self.batcher.train(jobs, lambda i, outcome: self._record(queue, *claimed[i], outcome), [None] * len(jobs))
 
     def _record(self, queue: optuna.Study, trial: optuna.Trial, run: Run, subdir: str, outcome: TrialOutcome) -> None:
-        """Tell the queue, print the run's line, rewrite confirm.csv."""
+        """Tell the queue, print the run's line (unless the sweep command prints it), rewrite confirm.csv."""
         told = tell(queue, trial, outcome, [self.phase.metric], f"{self.sweep.folder}/{subdir}")
-        where = f"{self.kind} run: trial #{run.config} seed {run.seed}"
         if told is None:
             return
-        if told.state != TrialState.COMPLETE:
-            print(f"{where} FAILED: {told.user_attrs.get('error')}", flush=True)
-            return
-        done = sum(1 for t in queue.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE)
-        shown = f"test_accuracy={outcome.metrics['test_accuracy']:.4f}" if run.test else f"{self.phase.metric}={told.values[0]:.4f}"
-        print(f"{where} {shown} ({done}/{self.total} done)", flush=True)
-        self.phase.write(self.search)
+        if not self.sweep.quiet:
+            progress.print_run(self.kind, told, queue, self.total, self.phase.metric)
+        if told.state == TrialState.COMPLETE:
+            self.phase.write(self.search)
 
 
 def check(sweep_config: Any) -> None:

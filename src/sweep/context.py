@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 @dataclass
 class Sweep:
     """The settings and search space, the study's name, storage, folder and budget, the trial runner, one
-    composed task config (for the workers' warm-up) and when this command started."""
+    composed task config (for the workers' warm-up), when this command started and whether its workers print."""
 
     settings: SweeperSettings
     space: SearchSpace
@@ -36,6 +36,7 @@ class Sweep:
     runner: Runner
     task_config: DictConfig
     started: datetime
+    quiet: bool = False  # a launcher job's worker: the sweep command prints each trial's line from the storage
 
     @property
     def objectives(self) -> list[str]:

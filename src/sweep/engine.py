@@ -9,31 +9,27 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
-from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method
 from omegaconf import DictConfig
-from optuna.distributions import CategoricalDistribution
 from sqlalchemy.exc import SQLAlchemyError
 
-from src.config import check as check_config
 from src.errors import UserError, first_line
 from src.sweep import budget, confirm, processes, progress, results, tracking
 from src.sweep.context import Sweep
+from src.sweep.launch import Launch, check_shareable
 from src.sweep.optuna_internals import close
 from src.sweep.recovery import give_back_owned
-from src.sweep.runner import Runner
-from src.sweep.samplers import grid_size
 from src.sweep.settings import SweeperSettings
-from src.sweep.space import SearchSpace, describe, format_value, parse
-from src.sweep.storage import Storage, masking
+from src.sweep.space import describe
+from src.sweep.storage import Storage
 from src.sweep.study import best_test, best_trial, check_space
+from src.sweep.prepare import prepare
 from src.sweep.worker import work
 
 
@@ -53,12 +49,18 @@ def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: T
 def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
          config: DictConfig, arguments: list[str], folder: Path, storage: Storage) -> None:
     sweep = prepare(settings, hydra_context, task_function, config, arguments, folder, storage)
-    n_workers = join(sweep)
-    progress.print_start(sweep.name, sweep.budget, settings, n_workers, folder, storage.display)
+    launcher = str(config.hydra.runtime.choices.get("hydra/launcher", "basic"))
+    if launcher != "basic":
+        check_shareable(storage, launcher)
+    n_workers = join(sweep, local=launcher == "basic")
+    progress.print_start(sweep.name, sweep.budget, settings, n_workers, folder, storage.display, launcher)
     try:
-        if n_workers:
+        if n_workers and launcher == "basic":  # forked worker processes of this command
             processes.run(lambda slot, owner: work(sweep, slot, owner), n_workers,
                           lambda owner, reason: give_back_worker(sweep, owner, reason), settings.max_failures)
+        elif n_workers:  # jobs of a Hydra launcher, each running the same worker loop
+            Launch(sweep, hydra_context, task_function, config, arguments,
+                   {**asdict(settings), "n_jobs": None}).run(n_workers)
     except processes.Stopped as e:
         try:
             sweep.write_tables(sweep.open(), importance=True)
@@ -76,27 +78,9 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
     finish(sweep)
 
 
-def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
-            config: DictConfig, arguments: list[str], folder: Path, storage: Storage) -> Sweep:
-    """Everything checked before the study is touched: the launcher, the search space, every trial config."""
-    launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
-    if launcher != "basic":
-        raise UserError(f"hydra/launcher={launcher} is not used: the keras_optuna sweeper runs its trials in its own "
-                        f"worker processes; use hydra.sweeper.n_workers (here) or the same command on more machines")
-    space = parse(settings.params, arguments)
-    n_trials = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
-    runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder,
-                    masking(storage.url, settings.mlflow.tracking_uri),
-                    extend=get_method(settings.custom_search_space) if settings.custom_search_space else None,
-                    keep_models=settings.confirm.top_k > 0)
-    if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
-        print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
-    return Sweep(settings, space, settings.study_name or "sweep", storage, folder, n_trials, runner,
-                 task_config=validate(runner, space, settings.confirm.top_k > 0), started=datetime.now())
-
-
-def join(sweep: Sweep) -> int:
-    """Create or join the study (its search space must match), write study.yaml; how many workers to start."""
+def join(sweep: Sweep, local: bool = True) -> int:
+    """Create or join the study (its search space must match), write study.yaml; how many workers to start
+    (`local` ones are capped at this machine's cores)."""
     settings, folder = sweep.settings, sweep.folder
     with results.writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,36 +95,10 @@ def join(sweep: Sweep) -> int:
         results.write_study_info(folder / "study.yaml", sweep.name, sweep.storage.display, settings, sweep.space,
                                  sweep.budget)
     n_workers = plan_workers(settings.n_workers, sweep.budget, trials, sweep.name, needs_replay(sweep, study),
-                             confirming=settings.confirm.top_k > 0 and not confirm.Confirmation(sweep).finished())
+                             confirming=settings.confirm.top_k > 0 and not confirm.Confirmation(sweep).finished(),
+                             cores=len(os.sched_getaffinity(0)) if local else settings.n_workers)
     close(study)  # no connection crosses the fork
     return n_workers
-
-
-def validate(runner: Runner, space: SearchSpace, runner_confirms: bool = False) -> DictConfig:
-    """Compose the trial config at every choice and at both ends of every range, and check each, so a bad
-    key or a value that can only fail stops the sweep before any trial. Returns one (for warm-up)."""
-    def ends(dist: Any) -> list[Any]:
-        return list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
-
-    base = {key: ends(dist)[0] for key, dist in space.distributions.items()}
-    samples = [({}, base)] + [({key: v}, {**base, key: v}) for key, dist in space.distributions.items()
-                              for v in ends(dist)[1:]]
-    first = None
-    for varied, params in samples:
-        where = f" (with {', '.join(f'{k}={format_value(v)}' for k, v in varied.items())})" if varied else ""
-        try:
-            cfg = runner.compose(params, resolve=False)
-        except HydraException as e:
-            raise UserError(f"{first_line(e, typed=False)}{where}") from None
-        try:
-            if "trainer" in cfg:  # this project's training config (another Hydra app brings its own checks)
-                check_config(cfg)
-            if runner_confirms:
-                confirm.check(cfg)
-        except UserError as e:
-            raise UserError(f"{e}{where}") from None
-        first = first if first is not None else cfg
-    return first
 
 
 def _check_folder(folder: Path, name: str, trials: list[Any]) -> None:
@@ -162,10 +120,11 @@ def needs_replay(sweep: Sweep, study: optuna.Study) -> bool:
     return bool(sweep.settings.test_overrides) and best_trial(study) is not None and best_test(study) is None
 
 
-def plan_workers(requested: int, n_trials: int, trials: list[Any], name: str, replay: bool, confirming: bool = False) -> int:
-    """How many worker processes to start: no more than the cores or the trials left (with a note)."""
+def plan_workers(requested: int, n_trials: int, trials: list[Any], name: str, replay: bool, confirming: bool = False,
+                 cores: int | None = None) -> int:
+    """How many workers to start: no more than the cores (local workers) or the trials left (with a note)."""
     used, left = budget.slots_used(trials), budget.left(trials, n_trials)
-    cores = len(os.sched_getaffinity(0))
+    cores = cores or len(os.sched_getaffinity(0))
     if budget.next_step(trials, n_trials) == "done":
         if confirming:  # the search is done; its confirmation runs are not
             return max(1, min(requested, cores))

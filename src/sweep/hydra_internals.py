@@ -32,4 +32,9 @@ def run_task(hydra_context: HydraContext, task_function: TaskFunction, job: Dict
     ret: JobReturn = run_job(hydra_context=hydra_context, task_function=task_function, config=job,
                              job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     configure_log(master.hydra.hydra_logging, master.hydra.verbose)  # as Hydra's launcher does
+    return returned(ret)
+
+
+def returned(ret: JobReturn) -> Any:
+    """What a job's task returned, or the exception it raised (`ret.return_value` would raise it)."""
     return ret._return_value

@@ -33,8 +33,10 @@ class Exit(IntEnum):
     INTERRUPTED = 130   # a signal stopped it; its running trial was given back
 
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+# SIGUSR1/SIGUSR2: a cluster's warning before it preempts or times out a job (SLURM's --signal, submitit's).
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP", signal.SIGUSR1: "SIGUSR1",
+                signal.SIGUSR2: "SIGUSR2"}
 INTERRUPTED = "interrupted by Ctrl-C"  # a plain KeyboardInterrupt's reason (a `Stopped` names its signal)
 
 
@@ -68,6 +70,12 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def restore_signals() -> None:
+    """Python's own handling of the stop signals again (Ctrl-C raises KeyboardInterrupt, the others end it)."""
+    for s in SIGNALS:
+        signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
 
 
 def _ignore_signals() -> None:
@@ -116,8 +124,7 @@ class Pool:
             _stop(self.running, self.give_back)
             raise
         finally:
-            for s in SIGNALS:
-                signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+            restore_signals()
         if self.failure is not None:
             raise UserError(self.failure)
 

@@ -6,16 +6,18 @@ from datetime import datetime
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from src.sweep import results
 from src.sweep.budget import FINISHED, slots_used, uses_slot
 from src.sweep.study import best_trial
 
 
-def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: Any, storage: str) -> None:
+def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: Any, storage: str,
+                launcher: str = "basic") -> None:
+    workers = f"{n_workers} worker(s)" if launcher == "basic" else f"{n_workers} job(s) of hydra/launcher={launcher}"
     print(f"sweep {name!r}: {budget} trials, sampler {settings.sampler_name}, pruner {settings.pruner_name}, "
-          f"{n_workers} worker(s); study in {storage}; results in {folder}", flush=True)
+          f"{workers}; study in {storage}; results in {folder}", flush=True)
 
 
 def live_line(number: int, metric: str) -> Callable[[int, int | None, dict[str, float]], None]:
@@ -57,6 +59,17 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
     left = elapsed / max(ran, 1) * max(budget - slots_used(trials), 0)
     print(f"{REWRITE if live else ''}{line} {done}/{budget} done {_duration(elapsed)} elapsed "
           f"~{_duration(left)} left", flush=True)
+
+
+def print_run(kind: str, run: FrozenTrial, queue: optuna.Study, total: int, metric: str) -> None:
+    """`confirm run: trial #3 seed 1 val_accuracy=0.9617 (1/4 done)` for a finished confirmation or test run."""
+    where = f"{kind} run: trial #{run.params['config']} seed {run.params['seed']}"
+    if run.state != TrialState.COMPLETE:
+        print(f"{where} FAILED: {run.user_attrs.get('error')}", flush=True)
+        return
+    done = sum(1 for t in queue.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE)
+    shown = f"test_accuracy={run.user_attrs['test_accuracy']:.4f}" if kind == "test" else f"{metric}={run.values[0]:.4f}"
+    print(f"{where} {shown} ({done}/{total} done)", flush=True)
 
 
 def print_summary(study: optuna.Study, storage: str, folder: Any, metrics: list[str],

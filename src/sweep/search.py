@@ -55,7 +55,7 @@ class Search:
 
     def after(self, study: optuna.Study, trials: list[optuna.Trial], completed: bool) -> None:
         self.sweep.write_tables(study)
-        if completed:
+        if completed and not self.sweep.quiet:
             for trial in trials:
                 progress.print_trial(study, trial.number, self.sweep.budget, self.sweep.objectives[0],
                                      self.sweep.started, self.sweep.runner.live)
