@@ -18,6 +18,7 @@ environment (`KERAS_SWEEP_STORAGE`, `KERAS_SWEEP_MLFLOW_URI`), never the configs
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
 import socket
@@ -235,6 +236,7 @@ class Launch:
         """Launch rounds of `n_workers` jobs until no work is left; a job that died is replaced by the next round."""
         job, config = self.job(n_workers)
         HydraConfig.instance().set_config(config)  # what launchers pickle with the jobs: no password
+        logging.getLogger("submitit").setLevel(logging.ERROR)  # its "Bypassing sacct error" on every poll
         launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=job,
                                                           config=config)
         study = self.sweep.open()
