@@ -2,6 +2,7 @@
 back on every exit path, the order of a drain's steps, and both phases' policies (the search, the queues)."""
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -157,6 +158,7 @@ class FakeRunner:
     def __init__(self, folder: Path) -> None:
         self.folder, self.objectives = folder, ["val_accuracy"]
         self.jobs: list[list[str]] = []
+        self.stopping = threading.Event()
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         x = trial.suggest_float("x", 0.0, 1.0)
@@ -245,3 +247,14 @@ def test_tell_fails_a_trial_whose_objective_is_missing_or_not_finite(tmp_path):
     assert all("not in the task's metrics or not finite" in t.user_attrs["error"] for t in study.get_trials())
     tell(study, study.ask(), TrialOutcome.of(0.5, "value", pruned_at=2), ["value"], "x")
     assert study.get_trials()[2].state == TrialState.PRUNED and study.get_trials()[2].user_attrs["value"] == 0.5
+
+
+def test_a_stop_asked_through_the_storage_ends_the_search_before_its_next_claim(tmp_path):
+    from src.sweep.processes import Stopped
+
+    sweep = make_sweep(tmp_path)
+    study = sweep.open()
+    sweep.runner.stopping.set()  # a launcher job's watcher saw its command's stop
+    with pytest.raises(Stopped, match="its sweep command was stopped"):
+        drain(study, Search(sweep, None), "w", 2, 1)
+    assert study.get_trials() == []

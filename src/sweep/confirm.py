@@ -29,6 +29,7 @@ from src.sweep.context import Sweep
 from src.sweep.loop import drain
 from src.sweep.optuna_internals import close, frozen
 from src.sweep.outcome import TrialOutcome, tell
+from src.sweep.processes import COMMAND_STOPPED, Stopped
 from src.sweep.runner import SAVE_MODEL, task_config
 from src.sweep.study import sign
 
@@ -241,7 +242,8 @@ class RunQueue:
         self.kind, self.total, self.batcher = kind, total, batcher
 
     def check(self, trials: Sequence[FrozenTrial]) -> None:
-        pass
+        if self.sweep.runner.stopping.is_set():
+            raise Stopped(reason=COMMAND_STOPPED)
 
     def step(self, trials: Sequence[FrozenTrial]) -> Step:
         return budget.queue_step(trials)

@@ -46,7 +46,7 @@ from src.sweep.context import Sweep
 from src.sweep.hydra_internals import returned
 from src.sweep.optuna_internals import close, set_study_system_attr, study_system_attrs
 from src.sweep.prepare import prepare
-from src.sweep.processes import Exit, Stopped, raise_on_signals, restore_signals
+from src.sweep.processes import COMMAND_STOPPED, Exit, Stopped, raise_on_signals, restore_signals
 from src.sweep.recovery import give_back
 from src.sweep.settings import SweeperSettings
 from src.sweep.storage import Storage, url_secrets
@@ -76,7 +76,11 @@ class WorkerJob:
         slot = int(HydraConfig.get().job.num)
         owner = f"{self.command}/{slot}/{socket.gethostname()}/{os.getpid()}"
         sweep = self.sweep()
-        raise_on_signals(once=True)
+        # a cancel (SIGTERM) or a cluster's warning signal stops the worker at once, where the job runs in a
+        # process's main thread (SLURM, submitit, joblib, Ray); elsewhere (a Dask worker's thread) only the stop
+        # its command asks for through the storage does, at the next epoch or claim
+        main = threading.current_thread() is threading.main_thread()
+        previous = raise_on_signals(once=True) if main else None
         try:
             with Watcher(sweep, owner, self.command):
                 while work(sweep, slot, owner) == Exit.RETIRED:  # no fresh process to hand over to: go on
@@ -84,7 +88,8 @@ class WorkerJob:
         except Stopped as e:  # its trials were given back as the claim ended
             return f"worker {owner} {e}"
         finally:
-            restore_signals()
+            if main:
+                restore_signals(previous)
         return f"worker {owner} done"
 
     def sweep(self) -> Sweep:
@@ -118,7 +123,7 @@ def _from_env(name: str, key: str) -> str:
 
 class Watcher(threading.Thread):
     """In a job: every heartbeat interval, notes the worker alive in the study and looks for its command's stop
-    (then signals this process, whose worker gives its trials back). Its own storage connection."""
+    (then the worker stops at its next epoch or claim, giving its trials back). Its own storage connection."""
 
     def __init__(self, sweep: Sweep, owner: str, command: str) -> None:
         super().__init__(daemon=True, name="keras-sweep-watcher")
@@ -151,8 +156,8 @@ class Watcher(threading.Thread):
                 stop = self.beat()
             except Exception:  # noqa: BLE001 - a storage hiccup: the next beat tries again
                 continue
-            if stop:
-                os.kill(os.getpid(), signal.SIGTERM)
+            if stop:  # the worker stops at its next epoch or claim, giving back its trials
+                self.sweep.runner.stopping.set()
                 return
 
 
@@ -317,7 +322,7 @@ class Launch:
         for queue in [study, *(q for q in Confirmation(self.sweep).queues() if q is not None)]:
             for t in queue.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
                 if str(t.user_attrs.get("worker", "")).startswith(f"{self.command}/"):
-                    give_back(queue, t, "interrupted: its sweep command was stopped")
+                    give_back(queue, t, COMMAND_STOPPED)
 
 
 def safe_config(config: DictConfig, names: dict[str, str], mask: Any, job_name: str) -> DictConfig:

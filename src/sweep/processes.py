@@ -38,27 +38,35 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP", signal.SIGUSR1: "SIGUSR1",
                 signal.SIGUSR2: "SIGUSR2"}
 INTERRUPTED = "interrupted by Ctrl-C"  # a plain KeyboardInterrupt's reason (a `Stopped` names its signal)
+COMMAND_STOPPED = "interrupted: its sweep command was stopped"
 
 
 class Stopped(KeyboardInterrupt):
-    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) reached this process; `code` is the exit status to use."""
+    """A stop signal (Ctrl-C, SIGTERM, ...) reached this process, or its sweep command asked its workers to stop
+    (`reason`); `code` is the exit status to use."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {SIGNAL_NAMES.get(signum, signal.Signals(signum).name)}")
-        self.code = 128 + signum
+    def __init__(self, signum: int | None = None, reason: str | None = None) -> None:
+        name = SIGNAL_NAMES.get(signum, signal.Signals(signum).name) if signum else ""
+        super().__init__(reason or f"interrupted by {name}")
+        self.code = 128 + (signum or signal.SIGINT)
 
 
-def raise_on_signals(once: bool) -> None:
-    """Turn SIGINT, SIGTERM and SIGHUP into `Stopped`; with `once`, later ones are ignored so that the
-    clean-up (giving the trial back) is not cut short."""
+Handlers = dict[int, Any]
+
+
+def raise_on_signals(once: bool) -> Handlers:
+    """Turn the stop signals into `Stopped`; with `once`, later ones are ignored so that the clean-up (giving the
+    trial back) is not cut short. Returns the handlers they replace (for `restore_signals`)."""
 
     def handler(signum: int, frame: Any) -> None:
         if once:
             _ignore_signals()
         raise Stopped(signum)
 
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, handler)
+    return previous
 
 
 @contextmanager
@@ -72,10 +80,13 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def restore_signals() -> None:
-    """Python's own handling of the stop signals again (Ctrl-C raises KeyboardInterrupt, the others end it)."""
+def restore_signals(previous: Handlers | None = None) -> None:
+    """The handlers `raise_on_signals` replaced, or Python's own (Ctrl-C raises KeyboardInterrupt, the others
+    end the process)."""
     for s in SIGNALS:
-        signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        default = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+        handler = (previous or {}).get(s, default)
+        signal.signal(s, handler if handler is not None else default)
 
 
 def _ignore_signals() -> None:
@@ -186,7 +197,7 @@ def _stop(running: dict[int, tuple[Any, str]], give_back: Callable[[str, str], N
         if proc.is_alive():
             proc.kill()
             proc.join()
-        give_back(owner, "interrupted: its sweep command was stopped")
+        give_back(owner, COMMAND_STOPPED)
 
 
 def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any, parent: int) -> None:

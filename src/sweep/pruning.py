@@ -4,13 +4,14 @@ The runner sets the hook of the trial it runs in a `ContextVar`; the task passes
 """
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
 from typing import Any, Callable
 
 import optuna
 
 from src.errors import UserError
-from src.sweep.processes import signals_held
+from src.sweep.processes import COMMAND_STOPPED, Stopped, signals_held
 
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
            "hyperband": optuna.pruners.HyperbandPruner,
@@ -43,12 +44,16 @@ class PruningHook:
     count the task sets in `epochs`."""
 
     def __init__(self, trial: optuna.Trial, metric: str, enabled: bool, report: bool = True,
-                 show: Callable[[int, int | None, dict[str, float]], None] | None = None) -> None:
+                 show: Callable[[int, int | None, dict[str, float]], None] | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self.trial, self.metric, self.enabled, self.report, self.show = trial, metric, enabled, report, show
+        self.stopping = stopping  # set: the sweep command asked this worker to stop (raises at the next epoch)
         self.epochs: int | None = None
         self.pruned_at: int | None = None
 
     def __call__(self, epoch: int, logs: dict[str, float]) -> bool:
+        if self.stopping is not None and self.stopping.is_set():
+            raise Stopped(reason=COMMAND_STOPPED)
         if self.show is not None:
             self.show(epoch, self.epochs, logs)
         if not self.report or self.metric not in logs:

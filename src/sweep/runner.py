@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ class Runner:
         self.space, self.objectives, self.folder, self.mask = space, objectives, folder, mask
         self.extend = extend  # hydra-optuna-sweeper's custom_search_space: suggests extra, conditional params
         self.live = False  # a live line per epoch (one worker writing to a terminal)
+        self.stopping = threading.Event()  # set in a launcher job when its command asks its workers to stop
         self.on_told: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None  # e.g. MLflow's logger
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
@@ -63,7 +65,8 @@ class Runner:
     def hook(self, trial: optuna.Trial, pruning: bool, live: bool = False) -> PruningHook:
         """The per-epoch hook through which `trial` reports to the pruner (and to the live line)."""
         return PruningHook(trial, self.objectives[0], pruning, report=len(self.objectives) == 1,
-                           show=progress.live_line(trial.number, self.objectives[0]) if live else None)
+                           show=progress.live_line(trial.number, self.objectives[0]) if live else None,
+                           stopping=self.stopping)
 
     def record(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         """Tell the study the search trial's outcome, then the trackers (e.g. MLflow's logger)."""

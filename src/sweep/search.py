@@ -11,6 +11,7 @@ from src.errors import UserError
 from src.sweep import budget, progress
 from src.sweep.budget import Step
 from src.sweep.context import Sweep
+from src.sweep.processes import COMMAND_STOPPED, Stopped
 
 if TYPE_CHECKING:
     from src.sweep.batch_runner import BatchRunner
@@ -23,6 +24,8 @@ class Search:
         self.sweep, self.batcher, self.ran = sweep, batcher, 0
 
     def check(self, trials: Sequence[FrozenTrial]) -> None:
+        if self.sweep.runner.stopping.is_set():
+            raise Stopped(reason=COMMAND_STOPPED)
         reason = budget.too_many_failures(trials, self.sweep.started, self.sweep.settings)
         if reason:
             raise UserError(reason)
