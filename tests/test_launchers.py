@@ -6,17 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 
-from conftest import ROOT, error_lines, run_cli
-
-from src.sweep.budget import uses_slot
+from conftest import error_lines, run_cli
+from engines import check_exact, files_holding, retried, slots, start, wait_running
 
 # Six one-epoch trials on few images, two at a time per worker, two workers; dead workers found in seconds.
 LAUNCHED = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600", "trainer.epochs=2",
@@ -26,36 +22,18 @@ LAUNCHED = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.
             "hydra.sweeper.test_overrides=[]"]
 
 
-def check_study(folder: Path, storage: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
-    """Exactly n_trials counted and finished, none RUNNING, no params twice, trials.csv as the storage has it."""
-    trials = optuna.load_study(study_name="launched", storage=storage).get_trials()
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == n_trials and not [t for t in trials if t.state == TrialState.RUNNING]
-    params = [tuple(sorted(t.params.items())) for t in done]
-    assert len(set(params)) == len(params)
-    table = pd.read_csv(folder / "trials.csv")
-    assert sorted(table[table["state"] == "COMPLETE"]["number"]) == sorted(t.number for t in done)
-    return trials
-
-
-def slots(trials: list[optuna.trial.FrozenTrial]) -> set[str]:
-    """The job slots whose workers ran trials (a worker's owner id: command/slot/host/pid)."""
-    return {t.user_attrs["worker"].split("/")[1] for t in trials if t.state == TrialState.COMPLETE}
-
-
 def test_joblib_jobs_run_the_worker_loop_on_postgresql_and_no_password_is_written(tmp_path, data_dir, postgres):
     out, url = tmp_path / "joblib", postgres.new_database()
     result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *LAUNCHED, "hydra/launcher=joblib",
                      f"hydra.sweeper.storage={url}")
     assert "2 job(s) of hydra/launcher=joblib" in result.stdout
-    trials = check_study(out, url, 6)
+    trials = check_exact(out, url, "launched", 6, result.stdout + result.stderr)
     assert slots(trials) == {"0", "1"}  # both jobs claimed trials
     lines = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
     assert sorted(int(line.split()[1]) for line in lines) == sorted(t.number for t in trials if t.state.is_finished()
                                                                     and t.params)  # one line per trial, by the command
     assert postgres.password not in result.stdout + result.stderr
-    written = [p for p in out.rglob("*") if p.is_file() and postgres.password.encode() in p.read_bytes()]
-    assert written == []
+    assert files_holding(postgres.password, [out]) == []
 
 
 def test_an_in_memory_storage_is_refused_for_jobs_in_one_line(tmp_path, data_dir):
@@ -68,25 +46,6 @@ def test_an_in_memory_storage_is_refused_for_jobs_in_one_line(tmp_path, data_dir
     assert "Traceback" not in result.stderr
 
 
-def start(folder: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}", *LAUNCHED, *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def running(storage: str, deadline: float = 180) -> list[optuna.trial.FrozenTrial]:
-    """Wait for trials to run (their workers beating); return them."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            trials = optuna.load_study(study_name="launched", storage=storage).get_trials(states=(TrialState.RUNNING,))
-        except Exception:  # noqa: BLE001 - the study is not created yet
-            trials = []
-        if [t for t in trials if t.params]:
-            return trials
-        time.sleep(0.3)
-    raise AssertionError("no trial ran within the deadline")
-
-
 def job_processes(folder: Path) -> list[int]:
     """PIDs of processes whose command line names this sweep's folder (submitit's jobs do)."""
     found = subprocess.run(["pgrep", "-f", str(folder / ".submitit")], capture_output=True, text=True).stdout.split()
@@ -96,23 +55,22 @@ def job_processes(folder: Path) -> list[int]:
 def test_a_submitit_job_killed_mid_trial_has_its_trials_retried_and_the_study_ends_exact(tmp_path, data_dir):
     out = tmp_path / "killed"
     storage = f"sqlite:///{out / 'study.db'}"
-    proc = start(out, "hydra/launcher=submitit_local", "trainer.epochs=4")
-    victim = running(storage)[0]
+    proc = start(out, [*LAUNCHED, "hydra/launcher=submitit_local", "trainer.epochs=4"])
+    victim = wait_running(storage, "launched")[0]
     os.kill(int(victim.user_attrs["worker"].split("/")[-1]), signal.SIGKILL)  # the job's process, as an OOM kill
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
-    trials = check_study(out, storage, 6)
+    trials = check_exact(out, storage, "launched", 6, stdout + stderr)
     dead = next(t for t in trials if t.number == victim.number)
-    assert dead.state == TrialState.FAIL and not uses_slot(dead)  # failed as stale: its slot given back
-    assert any(t.params == dead.params and t.state == TrialState.COMPLETE for t in trials)  # retried
+    assert dead.state == TrialState.FAIL and retried(trials)  # failed as stale: its slot given back, its params rerun
     assert job_processes(out) == []
 
 
 def test_ctrl_c_of_the_command_stops_its_jobs_gives_back_their_trials_and_a_rerun_resumes(tmp_path, data_dir):
     out = tmp_path / "stopped"
     storage = f"sqlite:///{out / 'study.db'}"
-    proc = start(out, "hydra/launcher=submitit_local", "trainer.epochs=6")
-    running(storage)
+    proc = start(out, [*LAUNCHED, "hydra/launcher=submitit_local", "trainer.epochs=6"])
+    wait_running(storage, "launched")
     os.kill(proc.pid, signal.SIGINT)  # the command alone: its jobs are stopped through the storage
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, stderr[-3000:]
@@ -125,4 +83,4 @@ def test_ctrl_c_of_the_command_stops_its_jobs_gives_back_their_trials_and_a_reru
     again = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *LAUNCHED, "hydra/launcher=submitit_local",
                     "trainer.epochs=6")
     assert "study 'launched': " in again.stdout
-    check_study(out, storage, 6)
+    check_exact(out, storage, "launched", 6, again.stdout)

@@ -241,7 +241,8 @@ class Launch:
         """Launch rounds of `n_workers` jobs until no work is left; a job that died is replaced by the next round."""
         job, config = self.job(n_workers)
         HydraConfig.instance().set_config(config)  # what launchers pickle with the jobs: no password
-        logging.getLogger("submitit").setLevel(logging.ERROR)  # its "Bypassing sacct error" on every poll
+        for name in ("submitit", "distributed"):  # "Bypassing sacct error" on every poll; a cluster's comings and goings
+            logging.getLogger(name).setLevel(logging.ERROR)
         launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context, task_function=job,
                                                           config=config)
         study = self.sweep.open()
