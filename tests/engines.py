@@ -57,8 +57,8 @@ def check_exact(folder: Path, storage: str, name: str, n_trials: int, output: st
 
 
 def slots(trials: list[optuna.trial.FrozenTrial]) -> set[str]:
-    """The job slots whose workers completed trials (a worker's owner id: command/slot/host/pid)."""
-    return {t.user_attrs["worker"].split("/")[1] for t in trials if t.state == TrialState.COMPLETE}
+    """The job slots whose workers claimed trials (a worker's owner id: command/slot/host/pid)."""
+    return {t.user_attrs["worker"].split("/")[1] for t in trials if "worker" in t.user_attrs}
 
 
 def retried(trials: list[optuna.trial.FrozenTrial]) -> bool:

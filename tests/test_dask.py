@@ -22,27 +22,19 @@ def args(dask_cluster, url: str, *extra: str) -> list[str]:
     return [*ON_DASK, f"hydra.launcher.address={dask_cluster.address}", f"hydra.sweeper.storage={url}", *extra]
 
 
-def test_twelve_trials_over_three_dask_tasks_on_postgresql(tmp_path, data_dir, postgres, dask_cluster):
+def test_twelve_trials_over_three_dask_tasks_one_worker_killed_mid_trial_on_postgresql(tmp_path, data_dir, postgres,
+                                                                                         dask_cluster):
     out, url = tmp_path / "dask", postgres.new_database()
-    proc = start(out, args(dask_cluster, url))
-    stdout, stderr = proc.communicate(timeout=900)
-    assert proc.returncode == 0, stderr[-3000:]
-    trials = check_exact(out, url, "dask", 12, stdout + stderr)
-    assert slots(trials) == {"0", "1", "2"}
-    assert dask_cluster.processing() == []
-    assert postgres.password not in stdout + stderr
-    assert files_holding(postgres.password, [out, dask_cluster.base]) == []
-
-
-def test_a_dask_worker_killed_mid_trial_has_its_trials_retried(tmp_path, data_dir, postgres, dask_cluster):
-    out, url = tmp_path / "killed", postgres.new_database()
-    proc = start(out, args(dask_cluster, url, "trainer.epochs=6"))
+    proc = start(out, args(dask_cluster, url, "trainer.epochs=20"))  # long enough to be cut
     victim = wait_running(url, "dask")[0]
     os.kill(int(victim.user_attrs["worker"].split("/")[-1]), signal.SIGKILL)  # the worker process; its nanny restarts it
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
-    assert retried(check_exact(out, url, "dask", 12, stdout + stderr))
+    trials = check_exact(out, url, "dask", 12, stdout + stderr)
+    assert retried(trials) and slots(trials) == {"0", "1", "2"}
     assert dask_cluster.processing() == []
+    assert postgres.password not in stdout + stderr
+    assert files_holding(postgres.password, [out, dask_cluster.base]) == []
 
 
 def test_ctrl_c_stops_the_dask_tasks_and_gives_their_trials_back(tmp_path, data_dir, postgres, dask_cluster):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from optuna.trial import TrialState
 
@@ -20,31 +21,26 @@ ON_SLURM = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20"]
 
 
-def test_twelve_trials_over_three_slurm_jobs_on_postgresql(tmp_path, data_dir, postgres, slurm):
+def test_twelve_trials_over_three_slurm_jobs_one_cancelled_mid_trial_on_postgresql(tmp_path, data_dir, postgres, slurm):
     out, url = tmp_path / "slurm", postgres.new_database()
-    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}"], slurm.env)
+    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=20"], slurm.env)  # long enough to cut
+    victim = wait_running(url, "slurm")[0]
+    pid = victim.user_attrs["worker"].split("/")[-1]
+    env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+    job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"  # submitit submits an array
+    assert job in slurm.jobs() and slurm.run("scancel", job).returncode == 0  # the job running that trial
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     assert "3 job(s) of hydra/launcher=submitit_slurm" in stdout
     trials = check_exact(out, url, "slurm", 12, stdout + stderr)
-    assert slots(trials) == {"0", "1", "2"}  # every job claimed trials
+    states = [(t.number, t.state.name, t.user_attrs.get("error"), t.user_attrs.get("worker")) for t in trials]
+    assert retried(trials) and slots(trials) == {"0", "1", "2"}, states  # every job claimed trials
     assert len([line for line in stdout.splitlines() if line.startswith("trial ")]) >= 12
     assert slurm.jobs() == []
     # the password reached the jobs by environment only: no file the launcher, the jobs or the daemons' logs hold it
     assert postgres.password not in stdout + stderr
     assert files_holding(postgres.password, [out, *slurm.base.glob("*.log")]) == []
     assert list(out.rglob("*.pkl")) and list(out.rglob("*.sh"))  # submitit's pickles and sbatch scripts were read
-
-
-def test_a_job_cancelled_by_slurm_gives_its_trials_back_and_the_study_ends_exact(tmp_path, data_dir, postgres, slurm):
-    out, url = tmp_path / "cancelled", postgres.new_database()
-    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=6"], slurm.env)
-    wait_running(url, "slurm")
-    assert slurm.run("scancel", slurm.jobs()[0]).returncode == 0  # through the engine, mid-trial
-    stdout, stderr = proc.communicate(timeout=900)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert retried(check_exact(out, url, "slurm", 12, stdout + stderr))
-    assert slurm.jobs() == []
 
 
 def test_ctrl_c_cancels_the_slurm_jobs_and_gives_their_trials_back(tmp_path, data_dir, postgres, slurm):
