@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from sqlalchemy.exc import SQLAlchemyError
 
 from src.errors import UserError, first_line
-from src.sweep import budget, confirm, processes, progress, results, tracking
+from src.sweep import budget, confirm, gpus, processes, progress, results, tracking
 from src.sweep.context import Sweep
 from src.sweep.launch import Launch, check_shareable
 from src.sweep.optuna_internals import close
@@ -52,12 +52,14 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
     launcher = str(config.hydra.runtime.choices.get("hydra/launcher", "basic"))
     if launcher != "basic":
         check_shareable(storage, launcher)
-    n_workers = join(sweep, local=launcher == "basic")
+    local_gpus = launcher == "basic" and settings.gpus_per_worker > 0
+    devices = gpus.slices(settings.gpus_per_worker, settings.n_workers) if local_gpus else None
+    n_workers = min(join(sweep, local=launcher == "basic"), len(devices) if devices else settings.n_workers)
     progress.print_start(sweep.name, sweep.budget, settings, n_workers, folder, storage.display, launcher)
     try:
         if n_workers and launcher == "basic":  # forked worker processes of this command
             processes.run(lambda slot, owner: work(sweep, slot, owner), n_workers,
-                          lambda owner, reason: give_back_worker(sweep, owner, reason), settings.max_failures)
+                          lambda owner, reason: give_back_worker(sweep, owner, reason), settings.max_failures, devices)
         elif n_workers:  # jobs of a Hydra launcher, each running the same worker loop
             Launch(sweep, hydra_context, task_function, config, arguments,
                    {**asdict(settings), "n_jobs": None}).run(n_workers)

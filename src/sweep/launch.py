@@ -40,7 +40,7 @@ from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
 from src.errors import UserError, first_line
-from src.sweep import budget, progress, tracking
+from src.sweep import budget, gpus, progress, tracking
 from src.sweep.confirm import Confirmation
 from src.sweep.context import Sweep
 from src.sweep.hydra_internals import returned
@@ -76,6 +76,8 @@ class WorkerJob:
         slot = int(HydraConfig.get().job.num)
         owner = f"{self.command}/{slot}/{socket.gethostname()}/{os.getpid()}"
         sweep = self.sweep()
+        if sweep.settings.gpus_per_worker:  # the engine assigned this job its devices: grow memory as needed
+            os.environ.update(gpus.MEMORY_ENV)
         # a cancel (SIGTERM) or a cluster's warning signal stops the worker at once, where the job runs in a
         # process's main thread (SLURM, submitit, joblib, Ray); elsewhere (a Dask worker's thread) only the stop
         # its command asks for through the storage does, at the next epoch or claim

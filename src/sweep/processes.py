@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from src.errors import UserError, first_line
+from src.sweep import gpus
 
 
 class Exit(IntEnum):
@@ -99,21 +100,24 @@ def _ignore_signals() -> None:
 Work = Callable[[int, str], Exit]  # (slot, owner id) -> how the worker ended
 
 
-def run(work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int) -> None:
+def run(work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int,
+        gpus: list[list[str]] | None = None) -> None:
     """Keep `n_workers` workers running `work` until each is DONE; restart retired and dead ones.
 
     `give_back(owner, reason)` runs after a worker ended abnormally, for the trials it left running.
     Raises `UserError` (a worker's message, or too many deaths) or `Stopped` (a signal), always after
-    every worker has exited.
+    every worker has exited. `gpus`: each slot's devices (`src.sweep.gpus`), where workers get GPUs.
     """
-    Pool(work, n_workers, give_back, max_deaths).run()
+    Pool(work, n_workers, give_back, max_deaths, gpus).run()
 
 
 class Pool:
     """The running worker processes of one command, by slot, with their owner ids."""
 
-    def __init__(self, work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int) -> None:
+    def __init__(self, work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int,
+                 gpus: list[list[str]] | None = None) -> None:
         self.work, self.n_workers, self.give_back, self.max_deaths = work, n_workers, give_back, max_deaths
+        self.gpus = gpus
         self.context = multiprocessing.get_context("fork")
         self.errors = self.context.Queue()
         self.running: dict[int, tuple[Any, str]] = {}
@@ -141,8 +145,9 @@ class Pool:
 
     def start(self, slot: int) -> None:
         owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}"
+        devices = self.gpus[slot] if self.gpus else None
         proc = self.context.Process(target=_worker_main, args=(self.work, slot, self.n_workers, owner, self.errors,
-                                                               os.getpid()))
+                                                               os.getpid(), devices))
         proc.start()
         self.running[slot] = (proc, owner)
 
@@ -200,10 +205,14 @@ def _stop(running: dict[int, tuple[Any, str]], give_back: Callable[[str, str], N
         give_back(owner, COMMAND_STOPPED)
 
 
-def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any, parent: int) -> None:
-    """A worker process: dies with its parent, stops cleanly on signals, pins itself to its share of cores."""
+def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any, parent: int,
+                 devices: list[str] | None = None) -> None:
+    """A worker process: dies with its parent, stops cleanly on signals, pins itself to its share of cores
+    and, where it has GPUs, sees only its own devices."""
     _die_with_parent(parent)
     raise_on_signals(once=True)
+    if devices is not None:
+        gpus.use(devices)
     cores = sorted(os.sched_getaffinity(0))
     if n_workers > 1 and len(cores) >= n_workers:
         os.sched_setaffinity(0, cores[slot::n_workers])

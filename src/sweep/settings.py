@@ -38,6 +38,7 @@ class SweeperSettings:
     n_workers: int = 1                    # worker processes of this command (capped at the cores and the trials left)
     max_trials_per_worker: int = 20       # then a fresh process takes over (keeps memory flat)
     batch_trials: int = 1                 # trials a worker trains at once as one program (plain dense nets of one structure)
+    gpus_per_worker: int = 0              # local workers: each sees its own slice of the visible GPUs (0: the CPU)
     worker_init: Optional[str] = None     # function(task_config) each worker process runs once, first
     heartbeat_interval: int = 10          # seconds between a running trial's heartbeats (Optuna's RDB/journal heartbeat)
     grace_period: Optional[int] = 30      # a running trial with no heartbeat for this long is failed and its slot given back
@@ -95,6 +96,8 @@ class SweeperSettings:
             raise UserError(f"hydra.sweeper.pruner={self.pruner}: give a pruner name or a block with _target_")
 
     def _check_counts(self) -> None:
+        if isinstance(self.gpus_per_worker, bool) or not isinstance(self.gpus_per_worker, int) or self.gpus_per_worker < 0:
+            raise UserError(f"hydra.sweeper.gpus_per_worker={self.gpus_per_worker!r}: use an integer >= 0 (0: the CPU)")
         for name in ("n_trials", "n_workers", "max_trials_per_worker", "batch_trials", "max_failures",
                      "heartbeat_interval", "leaderboard_size"):
             value = getattr(self, name)
