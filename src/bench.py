@@ -4,6 +4,7 @@
     python -m src.bench --json bench.json    # the table as JSON, to compare across commits
     python -m src.bench --backend jax        # the same on Keras's JAX backend (the peers' sweep S too)
     python -m src.bench --default-sweep      # also the default 40-trial sweep's wall time (~2 min)
+    python -m src.bench --scale-out --only-scale-out --rounds 1   # the default sweep: 2 one-core workers vs 1
 
 The reference trial (../shared/bench/README.md): classes 0-2, all 18,000 images, 784-10-10-3,
 Adam 1e-3, batch 32, 10 epochs; its time runs from building the model to the validation score.
@@ -107,6 +108,27 @@ def worker_rounds(tmp: Path, rounds: int, backend: str) -> list[dict]:
     return results
 
 
+def scale_out_rounds(tmp: Path, rounds: int, backend: str) -> list[dict]:
+    """The default sweep, whole command, on one core with one worker against two cores with one worker each
+    (each local worker pins itself to its core), alternating which runs first; the same study settings."""
+    results = []
+    for r in range(rounds):
+        runs = {}
+        for workers in (1, 2) if r % 2 == 0 else (2, 1):
+            folder = tmp / f"scale{r}-{workers}"
+            cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:workers])
+            start = time.perf_counter()
+            subprocess.run(["taskset", "-c", cores, sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}",
+                            f"hydra.sweeper.n_workers={workers}", f"trainer.backend={backend}"],
+                           cwd=ROOT, check=True, capture_output=True, text=True)
+            best = yaml_load(folder / "best.yaml")
+            runs[workers] = {"s": time.perf_counter() - start, "winner": best["trial"],
+                             "mean": best["confirmed"]["configs"][best["trial"]]["mean"],
+                             "best_single": float(pd.read_csv(folder / "trials.csv")["value"].max())}
+        results.append({"one": runs[1], "two": runs[2], "speed_up": runs[1]["s"] / runs[2]["s"]})
+    return results
+
+
 # Sweep S of ../shared/bench/sweep_s (20 TPE trials, 3,000 images, 3 epochs, no pruning) as the project runs
 # it: the same space and settings, no confirmation and no test replay (the plain script does neither).
 SWEEP_S = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.test_overrides=[]",
@@ -138,6 +160,18 @@ def sweep_s_rounds(tmp: Path, rounds: int, backend: str, peer_dir: Path) -> list
     return results
 
 
+def scale_out_rows(rounds: list[dict]) -> dict[str, object]:
+    return {
+        "default sweep, whole command: s, 1 worker on 1 core / 2 workers on 1 core each, by round": [
+            [round(r["one"]["s"], 1), round(r["two"]["s"], 1)] for r in rounds],
+        "scale-out: 2 workers / 1 worker (median of rounds)": round(statistics.median(r["speed_up"] for r in rounds), 2),
+        "scale-out: confirmed winner's mean val_accuracy, 1 / 2 workers, by round": [
+            [round(r["one"]["mean"], 4), round(r["two"]["mean"], 4)] for r in rounds],
+        "scale-out: best single trial val_accuracy, 1 / 2 workers, by round": [
+            [round(r["one"]["best_single"], 4), round(r["two"]["best_single"], 4)] for r in rounds],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="reference trials to take the median of")
@@ -148,9 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--only-trial", action="store_true", help="skip the sweeps")
     parser.add_argument("--default-sweep", action="store_true", help="also time the default 40-trial sweep (~2 min)")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="also the default sweep on 1 core / 1 worker against 2 cores / 2 workers (~10 min a round)")
+    parser.add_argument("--only-scale-out", action="store_true", help="only the scale-out rounds")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for the reference trial")
     args = parser.parse_args(argv)
     os.environ.setdefault("FASHION_MNIST_DIR", str(ROOT.parent / "shared" / "datasets" / "fashion-mnist"))
+    if args.only_scale_out:
+        with tempfile.TemporaryDirectory() as tmp:
+            return report(scale_out_rows(scale_out_rounds(Path(tmp), args.rounds, args.backend)), args)
 
     rows: dict[str, object] = {}
     own = reference_trials(args.repeats, args.backend, args.overrides)
@@ -184,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows["default sweep (40 trials + confirmation): wall s"] = round(time.perf_counter() - start, 1)
                 rows["default sweep: winner val_accuracy mean / test_accuracy mean"] = [
                     round(board["confirmed"]["configs"][board["trial"]]["mean"], 4), round(board["test"]["test_accuracy"], 4)]
+            if args.scale_out:
+                rows.update(scale_out_rows(scale_out_rounds(Path(tmp), args.rounds, args.backend)))
             rounds = worker_rounds(Path(tmp), args.rounds, args.backend)
             median = statistics.median(r["speed_up"] for r in rounds)
             rows["quick sweep grid (32 trials): trials/min, 1 / 2 workers, by round"] = [
@@ -206,12 +248,19 @@ def main(argv: list[str] | None = None) -> int:
                 round(rss[min(9, len(rss) - 1)]), round(max(rss))]
             rows[f"{args.memory_trials}-trial sweep: end / trial 10"] = round(max(rss) / rss[min(9, len(rss) - 1)], 3)
 
+    return report(rows, args)
+
+
+def report(rows: dict[str, object], args: argparse.Namespace) -> int:
+    """The table (and --json): with the date, the machine's cores and load, and the commit measured."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     width = max(map(len, rows))
-    print(f"backend {args.backend}, {os.cpu_count()} cores")
+    print(f"backend {args.backend}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, commit {commit or '?'}")
     for key, value in rows.items():
         print(f"{key:<{width}}  {value}")
     if args.json:
-        args.json.write_text(json.dumps({"backend": args.backend, **rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"backend": args.backend, "commit": commit, **rows}, indent=2) + "\n")
     return 0
 
 
