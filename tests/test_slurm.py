@@ -58,3 +58,14 @@ def test_ctrl_c_cancels_the_slurm_jobs_and_gives_their_trials_back(tmp_path, dat
     trials = trials_of(url, "slurm")
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert all(t.user_attrs.get("interrupted") for t in trials if t.state == TrialState.FAIL)
+
+
+def test_jobs_the_engine_cannot_start_are_one_line(tmp_path, data_dir, slurm):
+    out = tmp_path / "nowhere"
+    proc = start(out, [*ON_SLURM, "hydra.launcher.partition=nowhere"], slurm.env)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: hydra/launcher=submitit_slurm: the jobs did not start: ")
+    assert "nowhere" in errors[0] or "partition" in errors[0].lower(), errors
+    assert "Traceback" not in stderr and slurm.jobs() == []
