@@ -67,6 +67,20 @@ def test_several_sweeps_side_by_side(quick_sweep, tmp_path):
     assert table[1].split()[0] == "quick" and table[2].split()[0] == "other"
 
 
+def test_a_folder_of_only_the_csv_files(quick_sweep, tmp_path):
+    """CSV files copied off a machine (no study.yaml, best.yaml or study.db) still give the seed noise."""
+    folder, _ = quick_sweep
+    copy = tmp_path / "copied"
+    copy.mkdir()
+    for csv in folder.glob("*.csv"):
+        shutil.copy(csv, copy)
+    out = analyze(copy).stdout
+    confirmed = pd.read_csv(folder / "confirm.csv")
+    winner = confirmed[confirmed["run"] == "test"]["config"].iloc[0]
+    table = out.split("confirmed over seeds")[1].split("\n\n")[0].splitlines()
+    assert table[2].split()[:2] == ["1", str(winner)], out
+    assert "val_accuracy by parameter" in out
+
 def test_report_plots_and_html(quick_sweep, tmp_path):
     folder = shutil.copytree(quick_sweep[0], tmp_path / "report")
     analyze(folder, "--report")

@@ -28,8 +28,13 @@ class SweepRecord:
 
     @property
     def objectives(self) -> dict[str, str]:
-        """Objective name -> direction, e.g. {'val_accuracy': 'maximize'}; a bare CSV: {'value': 'maximize'}."""
-        return dict(self.study.get("objectives") or {"value": "maximize"})
+        """Objective name -> direction, e.g. {'val_accuracy': 'maximize'}. Without study.yaml (CSV files copied
+        off a machine): confirm.csv's objective column (the one after `state`), else `value`; maximized."""
+        if self.study.get("objectives"):
+            return dict(self.study["objectives"])
+        columns = list(self.confirm.columns) if self.confirm is not None else []
+        named = columns[columns.index("state") + 1] if "state" in columns[:-1] else "value"
+        return {named: "maximize"}
 
     @property
     def objective(self) -> str:
