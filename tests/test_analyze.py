@@ -10,6 +10,7 @@ import sys
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import ROOT, error_lines
 from src.analyze import load_trials
@@ -65,6 +66,9 @@ def test_several_sweeps_side_by_side(quick_sweep, tmp_path):
     assert "Best of each sweep" in out
     table = out.split("Best of each sweep\n")[1].split("\n\n")[0].splitlines()
     assert table[1].split()[0] == "quick" and table[2].split()[0] == "other"
+    header = table[0].split()
+    tested = str(yaml.safe_load((folder / "best.yaml").read_text())["test"]["trial"])
+    assert table[1].split()[header.index("tested_trial")] == tested
 
 
 def test_a_folder_of_only_the_csv_files(quick_sweep, tmp_path):

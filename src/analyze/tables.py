@@ -67,7 +67,8 @@ def effects(record: SweepRecord, by: str | None) -> pd.DataFrame:
 
 
 def compare_bests(records: list[SweepRecord]) -> pd.DataFrame:
-    """One row per sweep: its best trial, value, test score and trial counts, side by side."""
+    """One row per sweep: its best trial and value, the trial its test score belongs to (the confirmed winner,
+    which may be another trial) and that score, and trial counts, side by side."""
     rows = []
     for record in records:
         best = top_trials(record, 1)
@@ -75,7 +76,7 @@ def compare_bests(records: list[SweepRecord]) -> pd.DataFrame:
                "complete": int((record.trials["state"] == "COMPLETE").sum())}
         if not best.empty:
             row |= {"best_trial": int(best["number"].iloc[0]), record.value: best[record.value].iloc[0],
-                    "test_accuracy": record.test.get("test_accuracy")}
+                    "tested_trial": record.test.get("trial"), "test_accuracy": record.test.get("test_accuracy")}
             row |= {p: best[p].iloc[0] for p in record.params}
         rows.append(row)
     return pd.DataFrame(rows)
