@@ -158,6 +158,13 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, override, message):
     assert not (out / "trials").exists()
 
 
+@pytest.mark.parametrize("override", ["hydra.sweeper.sampler=tpee", "hydra.sweeper.pruner=early"])
+def test_a_refused_command_leaves_no_empty_sweep_folder(tmp_path, override):
+    out = tmp_path / "refused"
+    result = sweep(out, *TINY, override, expect=2)
+    assert len(error_lines(result)) == 1, result.stderr[-2000:]
+    assert not out.exists(), sorted(out.iterdir())
+
 def epochs_reported(db: Path) -> int:
     """How many epochs the sweep's trials have reported to the pruner so far (read-only, while it runs)."""
     try:

@@ -4,6 +4,7 @@ Hydra imports every module under `hydra_plugins` at start-up, so this one stays 
 engine (`src.sweep.engine`) load only when a sweep runs.
 """
 
+from pathlib import Path
 from typing import Any, List
 
 from hydra.core.config_store import ConfigStore
@@ -34,4 +35,13 @@ class KerasOptunaSweeper(Sweeper):
         try:
             engine.run(SweeperSettings(**self.raw), self.hydra_context, self.task_function, self.config, arguments)
         except UserError as e:
+            _remove_if_empty(Path(self.config.hydra.sweep.dir))
             exit_with(e)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A command refused before it wrote anything leaves no empty sweep folder behind (Hydra made it)."""
+    try:
+        folder.rmdir()  # only ever succeeds on an empty folder
+    except OSError:
+        pass
