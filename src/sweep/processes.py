@@ -14,6 +14,7 @@ import queue
 import signal
 import socket
 import sys
+import threading
 import traceback
 import uuid
 from contextlib import contextmanager
@@ -73,12 +74,54 @@ def raise_on_signals(once: bool) -> Handlers:
 @contextmanager
 def signals_held() -> Iterator[None]:
     """Hold stop signals during the block and deliver them at its end, so that a step which must not be cut
-    in two (creating a trial and claiming it) is done whole or not at all."""
+    in two (creating a trial and claiming it, a storage transaction) is done whole or not at all.
+
+    Masking the signal is not enough: the kernel hands a process's signal to any thread that does not mask it
+    (TensorFlow's, a heartbeat's) and Python then runs the handler in the main thread, inside the block. So
+    the block also swaps the handlers for one that only notes the signal, and calls the real ones after it.
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's alone
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return
+    held = _Held()
+    held.handlers = {s: signal.signal(s, held) for s in SIGNALS}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        held.open = False  # from here a signal goes straight to the real handler, even before it is put back
+        for s, handler in held.handlers.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if held.arrived:  # the first stops; the handlers' own `once` deals with the rest
+            _deliver(held.handlers[held.arrived[0]], held.arrived[0])
+
+
+class _Held:
+    """The handler of every stop signal inside `signals_held`: notes them while the block runs."""
+
+    def __init__(self) -> None:
+        self.handlers: Handlers = {}
+        self.arrived: list[int] = []
+        self.open = True
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.open:
+            self.arrived.append(signum)
+        else:
+            _deliver(self.handlers[signum], signum)
+
+
+def _deliver(handler: Any, signum: int) -> None:
+    """What `handler` (as `signal.getsignal` returns it) would have done on `signum`."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
 
 
 def restore_signals(previous: Handlers | None = None) -> None:

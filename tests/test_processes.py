@@ -1,0 +1,38 @@
+"""The stop signals of a worker process: held around a storage step, whichever thread the kernel hands them to."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from src.sweep.processes import Stopped, raise_on_signals, restore_signals, signals_held
+
+
+def test_a_signal_another_thread_receives_waits_for_the_end_of_the_held_block():
+    """TensorFlow's and the heartbeat's threads do not mask the stop signals; a Ctrl-C the kernel gives one of
+    them must still not cut a storage transaction in two (it left SQLite locked and the worker hung a minute)."""
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)  # started before the block, so it does not mask the signals
+    other.start()
+    previous = raise_on_signals(once=False)
+    handler = signal.getsignal(signal.SIGINT)
+    finished = []
+    try:
+        with pytest.raises(Stopped, match="^interrupted by Ctrl-C$"):
+            with signals_held():
+                signal.pthread_kill(other.ident, signal.SIGINT)
+                for _ in range(200):  # Python would run the handler at any of these steps
+                    time.sleep(0.001)
+                finished.append("the held block")
+        assert finished == ["the held block"]
+        assert signal.getsignal(signal.SIGINT) is handler  # and the next signal stops at once again
+        with pytest.raises(Stopped, match="^interrupted by SIGTERM$"):
+            signal.pthread_kill(other.ident, signal.SIGTERM)
+            for _ in range(200):
+                time.sleep(0.001)
+    finally:
+        done.set()
+        other.join()
+        restore_signals(previous)
