@@ -288,3 +288,36 @@ def test_storage_errors_are_classified_by_type():
     assert permanent(exc.OperationalError("connect", {}, PgError('database "x" does not exist', None)))
     assert permanent(exc.ArgumentError("Could not parse SQLAlchemy URL"))
     assert not permanent(RuntimeError("anything else"))
+
+
+
+def pop_queue(storage: Storage, claimed: list[int], errors: list[Exception]) -> None:
+    """A worker with a connection of its own: runs queued trials of study "q" until none is waiting."""
+    try:
+        study = optuna.load_study(study_name="q", storage=storage.connect())
+        while any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            trial = study.ask()
+            if trial.number < 12:  # a queued one (past the queue, ask() samples a new trial)
+                claimed.append(trial.number)
+            study.tell(trial, 0.0)
+    except Exception as e:  # noqa: BLE001 - a double claim shows as a tell of a finished trial
+        errors.append(e)
+
+
+def test_each_queued_trial_is_claimed_once_when_workers_pop_the_sqlite_queue_at_once(tmp_path):
+    """Confirmation and test runs are queued trials; SQLite has no `SELECT ... FOR UPDATE`, so without
+    `BEGIN IMMEDIATE` two workers could both move the same WAITING trial to RUNNING (seen: a confirmation
+    run trained twice, then `UpdateFinishedTrialError`). 20 rounds of 3 workers on 12 queued trials."""
+    for round_ in range(20):
+        storage = Storage(f"sqlite:///{tmp_path / f'queue{round_}.db'}", 60, 120)
+        queue = optuna.create_study(study_name="q", storage=storage.connect())
+        for i in range(12):
+            queue.enqueue_trial({"x": i / 12})
+        claimed: list[int] = []
+        errors: list[Exception] = []
+        workers = [threading.Thread(target=pop_queue, args=(storage, claimed, errors)) for _ in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not errors and sorted(claimed) == list(range(12)), (round_, errors, sorted(claimed))

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import optuna
@@ -136,9 +136,30 @@ class Storage:
         if self.url.startswith("sqlite:"):
             _check_sqlite_file(self.url)
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        return optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
-                                          heartbeat_interval=self.heartbeat_interval,
-                                          grace_period=self.grace_period, heartbeat_stale_trial_callback=queue_again)
+        storage = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
+                                             heartbeat_interval=self.heartbeat_interval,
+                                             grace_period=self.grace_period, heartbeat_stale_trial_callback=queue_again)
+        if self.url.startswith("sqlite:"):
+            _serialize_sqlite_transactions(storage.engine)
+        return storage
+
+
+def _serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock at its start (`BEGIN IMMEDIATE`), SQLAlchemy's recipe
+    for pysqlite. Left to itself pysqlite begins a transaction only at the first write, so the read that
+    checks a queued trial is still WAITING and the write that claims it are not one transaction, and two
+    workers could claim the same trial (PostgreSQL's `SELECT ... FOR UPDATE` does this there)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below says when a transaction starts
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections Optuna opened before the listeners existed
 
 
 def _check_sqlite_file(url: str) -> None:
