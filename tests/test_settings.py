@@ -21,6 +21,10 @@ def test_hos_keys_map_onto_ours():
     ({"sampler": {"seed": 1}}, "give a sampler name or a block with _target_"),
     ({"direction": ["maximize", "minimize"]}, "give one direction (maximize or minimize) per objective"),
     ({"n_jobs": 0}, "hydra.sweeper.n_workers=0: use an integer >= 1"),
+    ({"study_name": "../../../escape"}, "study_name='../../../escape': use one folder name"),
+    ({"study_name": "a/b c"}, "study_name='a/b c': use one folder name"),
+    ({"study_name": ".."}, "study_name='..': use one folder name"),
+    ({"study_name": "a\\b"}, "study_name='a\\\\\\\\b': use one folder name"),
 ])
 def test_bad_settings(kwargs, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):

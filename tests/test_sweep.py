@@ -158,7 +158,8 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, override, message):
     assert not (out / "trials").exists()
 
 
-@pytest.mark.parametrize("override", ["hydra.sweeper.sampler=tpee", "hydra.sweeper.pruner=early"])
+@pytest.mark.parametrize("override", ["hydra.sweeper.sampler=tpee", "hydra.sweeper.pruner=early",
+                                      "hydra.sweeper.study_name=../../escape"])
 def test_a_refused_command_leaves_no_empty_sweep_folder(tmp_path, override):
     out = tmp_path / "refused"
     result = sweep(out, *TINY, override, expect=2)

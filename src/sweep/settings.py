@@ -94,6 +94,10 @@ class SweeperSettings:
             raise UserError(f"hydra.sweeper.sampler={self.sampler}: give a sampler name or a block with _target_")
         if isinstance(self.pruner, dict) and "_target_" not in self.pruner:
             raise UserError(f"hydra.sweeper.pruner={self.pruner}: give a pruner name or a block with _target_")
+        name = self.study_name
+        if name is not None and (name in ("", ".", "..") or any(c in name for c in "/\\") or not name.isprintable()):
+            raise UserError(f"hydra.sweeper.study_name={name!r}: use one folder name (no / or \\, not . or ..); "
+                            f"the sweep is written to outputs/sweeps/<study_name>/")
 
     def _check_counts(self) -> None:
         if isinstance(self.gpus_per_worker, bool) or not isinstance(self.gpus_per_worker, int) or self.gpus_per_worker < 0:
