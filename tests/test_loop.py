@@ -178,8 +178,10 @@ class FakeRunner:
 def make_sweep(tmp_path: Path, **settings: Any) -> Sweep:
     s = SweeperSettings(**{"n_trials": 4, "batch_trials": 2, "sampler": "random", **settings})
     space = SearchSpace(distributions=dict(SPACE))
-    return Sweep(s, space, "s", Storage(f"sqlite:///{tmp_path / 'study.db'}", 1, 2), tmp_path, s.n_trials,
-                 FakeRunner(tmp_path), task_config=None, started=datetime.now())  # type: ignore[arg-type]
+    sweep = Sweep(s, space, "s", Storage(f"sqlite:///{tmp_path / 'study.db'}", 1, 2), tmp_path, s.n_trials,
+                  FakeRunner(tmp_path), task_config=None, started=datetime.now())  # type: ignore[arg-type]
+    sweep.open(create=True)  # as the command does before its workers start
+    return sweep
 
 
 def test_search_policy_runs_the_budget_and_writes_the_tables(tmp_path):

@@ -15,7 +15,7 @@ from src.errors import UserError
 from src.sweep.budget import next_step, uses_slot, within_budget
 from src.sweep.optuna_internals import frozen, heartbeat
 from src.sweep.recovery import Unclaimed, give_back
-from src.sweep.storage import Storage
+from src.sweep.storage import Storage, StorageGone, failure
 from src.sweep.study import best_trial, check_space, open_study, suggest
 from src.sweep.samplers import make_sampler
 from src.sweep.space import describe, parse
@@ -321,3 +321,29 @@ def test_each_queued_trial_is_claimed_once_when_workers_pop_the_sqlite_queue_at_
         for w in workers:
             w.join()
         assert not errors and sorted(claimed) == list(range(12)), (round_, errors, sorted(claimed))
+
+
+def test_a_sqlite_study_deleted_while_open_is_an_error_and_never_made_again(tmp_path):
+    storage = sqlite_storage(tmp_path)
+    study = new_study(storage)
+    complete(study, ask(study, 5))
+    (tmp_path / "study.db").unlink()
+    with pytest.raises(StorageGone, match=r"study.db is gone \(deleted or replaced while the sweep ran\)"):
+        ask(study, 5)  # an open connection would write on into the deleted file
+    with pytest.raises(StorageGone):
+        storage.connect(create=False)  # a worker's or the finish step's connection
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_a_storage_fault_is_named_in_its_drivers_words():
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        try:
+            raise OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+        except OperationalError as e:  # what Optuna's session wrapper does with it
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit. ...") from e
+    except optuna.exceptions.StorageInternalError as e:
+        assert failure(e) == "the study's storage failed: OperationalError: database or disk is full; rerun the " \
+                             "same command to resume"
+    assert failure(ValueError("not a storage fault")) is None

@@ -195,6 +195,23 @@ def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir)
     assert trials["state"].tolist() == ["FAIL", "COMPLETE", "COMPLETE"]  # the interrupted one does not count
 
 
+def test_a_study_db_deleted_mid_sweep_stops_it_in_one_line_and_is_not_made_again(tmp_path, data_dir):
+    out = tmp_path / "deleted"
+    args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "trainer.epochs=30",
+            "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not epochs_reported(out / "study.db") and time.time() < deadline:  # the first trial is training
+        time.sleep(0.02)
+    (out / "study.db").unlink()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the study's storage {out / 'study.db'} is gone (deleted or replaced while the sweep "
+                      f"ran): restore the file and rerun the same command to resume"], stderr[-2000:]
+    assert not (out / "study.db").exists() and not (out / "trials.csv").exists()
+
+
 def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
     out = tmp_path / "parallel"
     units = [8, 12, 16, 20, 24, 28, 32]

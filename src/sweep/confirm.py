@@ -125,7 +125,7 @@ class Confirmation:
 
     def queues(self, storage: Any = None) -> tuple[optuna.Study | None, optuna.Study | None]:
         """The confirm and test queue studies, where they exist."""
-        storage = storage or self.sweep.storage.connect()
+        storage = storage or self.sweep.storage.connect(create=False)
         names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
         found = [optuna.load_study(study_name=n, storage=storage) if n in names else None
                  for n in (f"{self.sweep.name}:confirm", f"{self.sweep.name}:test")]
@@ -133,7 +133,7 @@ class Confirmation:
 
     def finished(self) -> bool:
         """Whether the winner's test runs have all ended (then nothing is left to confirm)."""
-        storage = self.sweep.storage.connect()
+        storage = self.sweep.storage.connect(create=False)
         try:
             _, test = self.queues(storage)
             trials = test.get_trials(deepcopy=False) if test else []
@@ -165,7 +165,7 @@ class Confirmation:
 
     def _queue(self, name: str, runs: list[Run]) -> optuna.Study:
         """The queue study `name` holding `runs`: created and filled by one command, joined by the others."""
-        storage = self.sweep.storage.connect()
+        storage = self.sweep.storage.connect(create=False)
         try:
             study = optuna.create_study(storage=storage, study_name=name, direction=self.sweep.settings.directions[0])
         except optuna.exceptions.DuplicatedStudyError:  # the creator fills it within milliseconds; if it died

@@ -42,12 +42,13 @@ class Sweep:
     def objectives(self) -> list[str]:
         return list(self.settings.objectives)
 
-    def open(self) -> optuna.Study:
-        """A new connection to the study, with this process's sampler and pruner."""
+    def open(self, create: bool = False) -> optuna.Study:
+        """A new connection to the study, with this process's sampler and pruner; only the command's first
+        (`create`) may create its storage."""
         s = self.settings
         sampler = make_sampler(s.sampler, s.seed, s.samplers.get(s.sampler_name) or {}, self.space)
         pruner = make_pruner(s.pruner, s.pruners.get(s.pruner_name) or {})
-        return open_study(self.storage.connect(), self.name, list(s.directions), sampler, pruner)
+        return open_study(self.storage.connect(create), self.name, list(s.directions), sampler, pruner)
 
     def write_tables(self, study: optuna.Study, importance: bool = False) -> None:
         with results.writing(self.folder):

@@ -27,7 +27,7 @@ from src.sweep.optuna_internals import close
 from src.sweep.recovery import give_back_owned
 from src.sweep.settings import SweeperSettings
 from src.sweep.space import describe
-from src.sweep.storage import Storage
+from src.sweep.storage import Storage, failure
 from src.sweep.study import best_test, best_trial, check_space
 from src.sweep.prepare import prepare
 from src.sweep.worker import work
@@ -43,7 +43,7 @@ def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: T
     except UserError as e:
         raise UserError(storage.mask(str(e))) from None
     except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:  # the storage failed mid-way
-        raise UserError(storage.mask(f"the study's storage failed: {first_line(e)}; rerun to resume")) from None
+        raise UserError(storage.mask(failure(e) or first_line(e))) from None
 
 
 def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
@@ -89,7 +89,7 @@ def join(sweep: Sweep, local: bool = True) -> int:
     if settings.mlflow.tracking_uri:  # each finished trial as an MLflow run (e.g. sqlite:///<sweep dir>/mlflow.db)
         sweep.runner.on_told = logger = tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask)
         logger.prepare()
-    study = sweep.open()
+    study = sweep.open(create=True)
     check_space(study, {k: describe(d) for k, d in sweep.space.distributions.items()}, sweep.space.fixed)
     trials = study.get_trials(deepcopy=False)
     _check_folder(folder, sweep.name, trials)

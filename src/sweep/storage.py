@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
+from urllib.request import pathname2url
 
 import optuna
 from optuna.storages import BaseStorage
@@ -109,10 +110,12 @@ class Storage:
     def display(self) -> str:
         return self.mask(self.url)
 
-    def connect(self) -> BaseStorage:
-        """A new connection to the storage; a second process creating the same storage at once is retried."""
+    def connect(self, create: bool = True) -> BaseStorage:
+        """A new connection to the storage; a second process creating the same storage at once is retried.
+        Without `create` (every connection after the sweep command's first), a SQLite file that is gone is an
+        error: made again it would be an empty study that the finish step reports and tables overwrite."""
         try:
-            return retrying(self._connect, lambda e: not permanent(e))
+            return retrying(lambda: self._connect(create), lambda e: not permanent(e))
         except UserError:
             raise
         except ModuleNotFoundError as e:
@@ -121,7 +124,7 @@ class Storage:
         except Exception as e:  # noqa: BLE001 - a bad URL, a refused login, or a race that outlasted the tries
             raise UserError(f"hydra.sweeper.storage={self.display}: {self.mask(first_line(e))}") from None
 
-    def _connect(self) -> BaseStorage:
+    def _connect(self, create: bool) -> BaseStorage:
         if self.url.startswith("journal:"):
             path = Path(self.url.removeprefix("journal:"))
             _check_journal_file(path)
@@ -133,43 +136,96 @@ class Storage:
             proxy.wait_server_ready(timeout=30)
             return proxy
         engine_kwargs = {}
-        if self.url.startswith("sqlite:"):
-            _check_sqlite_file(self.url)
+        file = _sqlite_file(self.url)
+        if file is not None:
+            if not create and not file.exists():
+                raise StorageGone(file)
+            _check_sqlite_file(file)
             engine_kwargs = {"connect_args": {"timeout": 60}}
         storage = optuna.storages.RDBStorage(self.url, engine_kwargs=engine_kwargs,
                                              heartbeat_interval=self.heartbeat_interval,
                                              grace_period=self.grace_period, heartbeat_stale_trial_callback=queue_again)
-        if self.url.startswith("sqlite:"):
-            _serialize_sqlite_transactions(storage.engine)
+        if file is not None:
+            _guard_sqlite_file(storage.engine, file)
         return storage
 
 
-def _serialize_sqlite_transactions(engine: Any) -> None:
-    """Make every SQLite transaction take the write lock at its start (`BEGIN IMMEDIATE`), SQLAlchemy's recipe
-    for pysqlite. Left to itself pysqlite begins a transaction only at the first write, so the read that
-    checks a queued trial is still WAITING and the write that claims it are not one transaction, and two
-    workers could claim the same trial (PostgreSQL's `SELECT ... FOR UPDATE` does this there)."""
+def failure(error: BaseException) -> str | None:
+    """A storage fault as one line in its driver's words (file read-only, disk full, connection refused or
+    lost), not Optuna's wrapper ("... e.g. exceeding max length"); None when `error` is no storage fault."""
+    from sqlalchemy import exc
+
+    if not isinstance(error, (optuna.exceptions.StorageInternalError, exc.SQLAlchemyError)):
+        return None
+    cause: BaseException = error
+    while isinstance(cause, optuna.exceptions.StorageInternalError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, exc.DBAPIError) and cause.orig is not None:
+        cause = cause.orig
+    return f"the study's storage failed: {first_line(cause)}; rerun the same command to resume"
+
+
+class StorageGone(UserError):
+    """The study's SQLite file was deleted or replaced after the sweep opened it."""
+
+    def __init__(self, file: Path) -> None:
+        super().__init__(f"the study's storage {file} is gone (deleted or replaced while the sweep ran): restore "
+                         f"the file and rerun the same command to resume")
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other storages and in-memory SQLite)."""
+    if not url.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return Path(database).absolute() if database and database != ":memory:" else None
+
+
+def _guard_sqlite_file(engine: Any, file: Path) -> None:
+    """Two rules for every later connection to a SQLite study, through SQLAlchemy's engine events:
+
+    - The file is opened, never created (`mode=rw`), and each transaction first checks that it is still the
+      file the connection opened: an open connection to a deleted file writes on into a file nobody will read.
+    - Every transaction takes the write lock at its start (`BEGIN IMMEDIATE`, SQLAlchemy's recipe for pysqlite).
+      Left to itself pysqlite begins a transaction only at the first write, so the read that checks a queued
+      trial is still WAITING and the write that claims it were two transactions, and two workers could claim
+      the same trial (PostgreSQL's `SELECT ... FOR UPDATE` does this there).
+    """
     from sqlalchemy import event
+
+    @event.listens_for(engine, "do_connect")
+    def _open_never_create(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        cargs[0] = f"file:{pathname2url(str(file))}?mode=rw"
+        cparams["uri"] = True
 
     @event.listens_for(engine, "connect")
     def _no_implicit_begin(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below says when a transaction starts
+        record.info["file_id"] = _file_id(file)
 
     @event.listens_for(engine, "begin")
     def _begin_immediate(connection: Any) -> None:
+        if _file_id(file) != connection.info.get("file_id"):
+            raise StorageGone(file)
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # the connections Optuna opened before the listeners existed
 
 
-def _check_sqlite_file(url: str) -> None:
-    """Refuse a SQLite file that is empty (0 bytes) or holds tables of something other than Optuna."""
-    from sqlalchemy.engine import make_url
+def _file_id(file: Path) -> tuple[int, int] | None:
+    try:
+        stat = file.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
-    database = make_url(url).database
-    if not database or database == ":memory:" or not Path(database).exists():
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse a SQLite file that is empty (0 bytes) or holds tables of something other than Optuna."""
+    if not path.exists():
         return
-    path = Path(database)
     for _ in range(20):  # a process creating this storage right now fills the file within milliseconds
         if path.stat().st_size > 0:
             break

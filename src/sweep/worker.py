@@ -6,17 +6,30 @@ import sys
 
 from hydra.utils import get_method
 
+from src.errors import UserError
 from src.sweep.batch_runner import BatchRunner
 from src.sweep.confirm import Confirmation
 from src.sweep.context import Sweep
 from src.sweep.loop import drain
 from src.sweep.processes import Exit
 from src.sweep.search import Search
+from src.sweep.storage import failure
 
 
 def work(sweep: Sweep, slot: int, owner: str) -> Exit:
     """Returns DONE when the study has no trial left (slot 0 then replays the best trial on the test set), RETIRED
-    after `max_trials_per_worker` trials trained alone or batched groups (a fresh process takes over)."""
+    after `max_trials_per_worker` trials trained alone or batched groups (a fresh process takes over).
+    A storage fault leaves as a `UserError` naming its cause."""
+    try:
+        return _work(sweep, slot, owner)
+    except Exception as e:
+        reason = failure(e)
+        if reason is None:
+            raise
+        raise UserError(sweep.storage.mask(reason)) from None
+
+
+def _work(sweep: Sweep, slot: int, owner: str) -> Exit:
     s = sweep.settings
     if s.worker_init:
         get_method(s.worker_init)(sweep.task_config)
