@@ -260,3 +260,27 @@ def test_a_stop_asked_through_the_storage_ends_the_search_before_its_next_claim(
     with pytest.raises(Stopped, match="its sweep command was stopped"):
         drain(study, Search(sweep, None), "w", 2, 1)
     assert study.get_trials() == []
+
+
+def test_failed_heartbeats_are_one_line_per_claim_and_the_beats_go_on(tmp_path, monkeypatch, capfd):
+    """A storage down for a while (PostgreSQL restarted): Optuna's beating thread would print a traceback and
+    stop, one per claimed trial (523 lines seen); here one warning line, and each trial beats again."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    beats: list[int] = []
+
+    def down(self: Any, trial_id: int) -> None:
+        beats.append(trial_id)
+        raise OperationalError("UPDATE trial_heartbeats", {}, sqlite3.OperationalError("database is locked"))
+
+    study = new_study(tmp_path)
+    with Claim(study, "w") as claim:
+        claim.take(3, Budgeted(5, 3))
+        monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", down)
+        time.sleep(2.5)  # heartbeat_interval is 1 s: every trial's thread tries 2 or 3 times
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert warnings == ["warning: the study's storage took no heartbeat (OperationalError: database is locked); "
+                        "trying again every beat"]
+    assert len(claim.trials) == 3 and len(set(beats)) == 3 and len(beats) >= 6  # each beat again after failing

@@ -11,6 +11,8 @@ The search and the queues differ only in their `Policy`.
 """
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from contextlib import ExitStack
 from typing import Literal, Protocol, Sequence
@@ -20,9 +22,10 @@ from optuna.trial import FrozenTrial
 
 from src.errors import first_line
 from src.sweep.budget import Step
-from src.sweep.optuna_internals import frozen, heartbeat
+from src.sweep.optuna_internals import frozen, heartbeat, storage_url
 from src.sweep.processes import INTERRUPTED, signals_held
 from src.sweep.recovery import Unclaimed, give_back
+from src.sweep.storage import cause, masking
 
 
 class Policy(Protocol):
@@ -87,13 +90,14 @@ class Claim:
         self.asked: list[optuna.Trial] = []
         self.trials: list[optuna.Trial] = []  # the admitted ones
         self._beats = ExitStack()
+        self._beat_failure_told = threading.Lock()  # taken by the first failed beat, never given back
 
     def take(self, n: int, policy: Policy) -> None:
         """Up to `n` trials the policy admits; the first it refuses is given back and ends the claim."""
         while len(self.trials) < n and (not self.trials or policy.step(self.study.get_trials(deepcopy=False)) == "ask"):
             with signals_held():
                 trial = self.study.ask()
-                self._beats.enter_context(heartbeat(self.study, trial))
+                self._beats.enter_context(heartbeat(self.study, trial, self._tell_beat_failure))
                 trial.set_user_attr("worker", self.owner)
                 self.asked.append(trial)
             refused = policy.admit(self.study, trial)
@@ -101,6 +105,12 @@ class Claim:
                 give_back(self.study, frozen(self.study, trial), refused, retry=False)
                 return
             self.trials.append(trial)
+
+    def _tell_beat_failure(self, error: Exception) -> None:
+        """One line per claim, however many of its trials' beats fail (a storage down for a while)."""
+        if self._beat_failure_told.acquire(blocking=False):
+            message = f"warning: the study's storage took no heartbeat ({cause(error)}); trying again every beat"
+            print(masking(storage_url(self.study))(message), file=sys.stderr, flush=True)
 
     def __enter__(self) -> Claim:
         return self

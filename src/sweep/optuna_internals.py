@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.storages import BaseStorage
@@ -34,10 +34,41 @@ def frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
 
 
 @contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Beat for `trial` while the block runs (Optuna's own heartbeat thread, as `study.optimize` uses)."""
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+def heartbeat(study: optuna.Study, trial: optuna.Trial,
+              on_failure: Callable[[Exception], None] | None = None) -> Iterator[None]:
+    """Beat for `trial` while the block runs (Optuna's own heartbeat thread, as `study.optimize` uses). With
+    `on_failure`, a beat the storage does not take is handed to it and the next beat tries again; Optuna's
+    thread would print a traceback and stop beating (one per trial: hundreds of lines when a server stops)."""
+    storage = study._storage if on_failure is None else _TryingBeats(study._storage, on_failure)
+    with get_heartbeat_thread(trial._trial_id, storage):
         yield
+
+
+def storage_url(study: optuna.Study) -> str | None:
+    """The URL of an RDB storage (to mask its password in a message), else None."""
+    return getattr(getattr(study._storage, "_backend", study._storage), "url", None)
+
+
+class _TryingBeats(BaseHeartbeat):
+    """A storage's heartbeat whose failed beats go to `on_failure` instead of ending the beating thread."""
+
+    def __init__(self, storage: Any, on_failure: Callable[[Exception], None]) -> None:
+        self._storage, self._on_failure = storage, on_failure
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self._storage.record_heartbeat(trial_id)
+        except Exception as e:  # noqa: BLE001 - the storage down for a while: the next beat tries again
+            self._on_failure(e)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._storage._get_stale_trial_ids(study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._storage.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self._storage.get_heartbeat_stale_trial_callback()
 
 
 def has_heartbeat(study: optuna.Study, trial: FrozenTrial) -> bool:

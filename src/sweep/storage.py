@@ -157,12 +157,19 @@ def failure(error: BaseException) -> str | None:
 
     if not isinstance(error, (optuna.exceptions.StorageInternalError, exc.SQLAlchemyError)):
         return None
-    cause: BaseException = error
-    while isinstance(cause, optuna.exceptions.StorageInternalError) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(cause, exc.DBAPIError) and cause.orig is not None:
-        cause = cause.orig
-    return f"the study's storage failed: {first_line(cause)}; rerun the same command to resume"
+    return f"the study's storage failed: {cause(error)}; rerun the same command to resume"
+
+
+def cause(error: BaseException) -> str:
+    """The first line of the database driver's error behind `error` (Optuna's and SQLAlchemy's wrappers off)."""
+    from sqlalchemy import exc
+
+    inner: BaseException = error
+    while isinstance(inner, optuna.exceptions.StorageInternalError) and inner.__cause__ is not None:
+        inner = inner.__cause__
+    if isinstance(inner, exc.DBAPIError) and inner.orig is not None:
+        inner = inner.orig
+    return first_line(inner)
 
 
 class StorageGone(UserError):
