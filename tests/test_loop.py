@@ -2,6 +2,8 @@
 back on every exit path, the order of a drain's steps, and both phases' policies (the search, the queues)."""
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from datetime import datetime
@@ -239,6 +241,28 @@ def test_tell_records_a_fatal_outcome_as_given_back_and_raises(tmp_path):
         tell(study, trial, TrialOutcome.failed("cannot draw", fatal=True), ["value"], "x")
     told = study.get_trials()[0]
     assert told.state == TrialState.FAIL and told.user_attrs["interrupted"] and not budget.uses_slot(told)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_trial_the_machine_failed_is_given_back_and_queued_again_never_counted(tmp_path, code):
+    """A read-only sweep folder or a full disk fails the run (Hydra cannot make its folder, Keras cannot save):
+    that is the machine, not the params, so the trial spends no budget and runs again on the rerun."""
+    study = new_study(tmp_path)
+    trial = study.ask()
+    x = trial.suggest_float("x", 0.0, 1.0)
+    try:
+        try:
+            raise OSError(code, os.strerror(code), str(tmp_path / "trials" / "0"))
+        except OSError as e:
+            raise RuntimeError("Error executing job with overrides: []") from e  # as a framework wraps it
+    except RuntimeError as e:
+        outcome = TrialOutcome.failed(e)
+    with pytest.raises(UserError, match=f"the machine failed, not the trial \\({os.strerror(code)}\\)"):
+        tell(study, trial, outcome, ["value"], "x")
+    told, again = study.get_trials()
+    assert told.state == TrialState.FAIL and told.user_attrs["interrupted"] and not budget.uses_slot(told)
+    assert again.state == TrialState.WAITING and again.params == {"x": x}
+    assert TrialOutcome.failed(OSError(errno.ENOENT, "No such file")).fatal is False  # a trial's own bad path
 
 
 def test_tell_fails_a_trial_whose_objective_is_missing_or_not_finite(tmp_path):

@@ -6,7 +6,9 @@ fatal one (its params cannot even be drawn) gives the trial back and stops the w
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,8 @@ class TrialOutcome:
 
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    fatal: bool = False
+    fatal: bool = False  # the worker stops; the trial is given back (not counted)
+    retry: bool = False  # a fatal trial's params are queued again (the machine failed, not the trial)
     pruned_at: int | None = None
 
     @classmethod
@@ -39,7 +42,16 @@ class TrialOutcome:
 
     @classmethod
     def failed(cls, error: BaseException | str, fatal: bool = False) -> TrialOutcome:
-        return cls(error=first_line(error) if isinstance(error, BaseException) else error, fatal=fatal)
+        """A failed run; one the machine failed (disk full, a read-only or unwritable folder) is fatal and
+        retried, so it spends no budget and its params are run again once the machine is mended."""
+        if isinstance(error, str):
+            return cls(error=error, fatal=fatal)
+        machine = _machine_error(error)
+        if machine is not None:
+            return cls(error=f"{first_line(error)}: the machine failed, not the trial ({os.strerror(machine.errno)}); "
+                             f"it is given back: free disk space or make the folder writable, then rerun the same "
+                             f"command to resume", fatal=True, retry=True)
+        return cls(error=first_line(error), fatal=fatal)
 
     def values(self, objectives: list[str]) -> list[float] | None:
         """The objectives' values, or None when one is missing or not a finite number."""
@@ -48,15 +60,30 @@ class TrialOutcome:
         return values if ok else None
 
 
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _machine_error(error: BaseException) -> OSError | None:
+    """The OSError of the machine (disk full, read-only or unwritable folder) behind `error`, if any."""
+    seen: BaseException | None = error
+    for _ in range(10):  # the chain of causes, however the task wrapped it
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in MACHINE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str],
          run_dir: str) -> FrozenTrial | None:
     """Record `outcome` as the trial's result, whole (stop signals held: a signal cutting a storage transaction
     would leave SQLite locked): its folder, one user attribute per plain metric (optuna-dashboard sorts and
     filters by them), then COMPLETE with the objectives' values, PRUNED, or FAIL with the error. Returns the
     told trial, or None when another worker failed it meanwhile (its heartbeat stopped for the grace period).
-    A fatal outcome is given back instead (not counted, not queued again) and raised as a `UserError`."""
+    A fatal outcome is given back instead (not counted; queued again if `retry`) and raised as a `UserError`."""
     if outcome.fatal:
-        give_back(study, frozen(study, trial), str(outcome.error), retry=False)
+        give_back(study, frozen(study, trial), str(outcome.error), retry=outcome.retry)
         raise UserError(str(outcome.error))
     try:
         with signals_held():
