@@ -347,3 +347,18 @@ def test_a_storage_fault_is_named_in_its_drivers_words():
         assert failure(e) == "the study's storage failed: OperationalError: database or disk is full; rerun the " \
                              "same command to resume"
     assert failure(ValueError("not a storage fault")) is None
+
+
+def test_an_unreachable_grpc_storage_is_one_line_after_one_wait(monkeypatch):
+    """Before: each of six tries waited 30 s, three minutes of silence, then `GRPC connection timeout`."""
+    import src.sweep.storage
+
+    monkeypatch.setattr(src.sweep.storage, "GRPC_WAIT", 1)
+    waits: list[float] = []
+    ready = optuna.storages.GrpcStorageProxy.wait_server_ready
+    monkeypatch.setattr(optuna.storages.GrpcStorageProxy, "wait_server_ready",
+                        lambda self, timeout: waits.append(timeout) or ready(self, timeout))
+    with pytest.raises(UserError, match=r"^hydra.sweeper.storage=grpc://127.0.0.1:1: no gRPC storage proxy answered "
+                                        r"at 127.0.0.1:1 within 1 s; start one"):
+        Storage("grpc://127.0.0.1:1", 60, 120).connect()
+    assert waits == [1]

@@ -24,6 +24,7 @@ from src.sweep.recovery import queue_again
 
 T = TypeVar("T")
 TRIES = 6
+GRPC_WAIT = 10  # seconds a gRPC storage proxy has to answer
 OPTUNA_TABLES = {"studies", "version_info", "study_directions", "study_user_attributes", "study_system_attributes",
                  "trials", "trial_user_attributes", "trial_system_attributes", "trial_params", "trial_values",
                  "trial_intermediate_values", "trial_heartbeats", "alembic_version"}
@@ -133,7 +134,12 @@ class Storage:
         if self.url.startswith("grpc://"):
             host, _, port = self.url.removeprefix("grpc://").rpartition(":")
             proxy = optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
-            proxy.wait_server_ready(timeout=30)
+            try:
+                proxy.wait_server_ready(timeout=GRPC_WAIT)
+            except ConnectionError:  # waited already: no retry (six tries were three silent minutes)
+                raise UserError(f"hydra.sweeper.storage={self.display}: no gRPC storage proxy answered at "
+                                f"{host or 'localhost'}:{port} within {GRPC_WAIT} s; start one "
+                                f"(optuna.storages.run_grpc_proxy_server) or fix the address") from None
             return proxy
         engine_kwargs = {}
         file = _sqlite_file(self.url)
