@@ -87,6 +87,11 @@ def test_the_tracking_uri_password_is_never_shown_or_written(tmp_path, data_dir,
                    expect=2)
     (line,) = error_lines(result)
     assert line.startswith("error: hydra.sweeper.mlflow.tracking_uri=postgresql+psycopg2://sweeper:***@") and "wrong-pw" not in line
+    assert "password authentication failed" in line, line  # the cause, not SQLAlchemy's "(Background on ...)" footer
+    result = sweep(tmp_path / "unreachable", *TINY, "hydra.sweeper.mlflow.tracking_uri=postgresql+psycopg2://u:pw@127.0.0.1:1/db",
+                   expect=2)
+    (line,) = error_lines(result)
+    assert line.endswith('connection to server at "127.0.0.1", port 1 failed: Connection refused'), line
 
 
 def test_mlflow_settings_and_both_passwords_masked():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,14 @@ STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # MLflo
 PREPARE = ("import logging, sys; logging.disable(logging.WARNING); import mlflow.store.db.utils as db; "
            "db.MAX_RETRY_COUNT = 2; from mlflow import MlflowClient; "
            "c = MlflowClient(); c.get_experiment_by_name(sys.argv[1]) or c.create_experiment(sys.argv[1])")
+
+
+def error_line(stderr: str) -> str:
+    """The line of a Python traceback that names the error (`Type: message`), not a footer after it such as
+    SQLAlchemy's "(Background on this error at: ...)"."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", line)]
+    return (named or lines or [""])[-1][:300]
 
 
 class MlflowLogger:
@@ -54,9 +63,8 @@ class MlflowLogger:
         except subprocess.TimeoutExpired:
             raise UserError(self.mask(f"hydra.sweeper.mlflow.tracking_uri={self.uri}: no answer in 300 s")) from None
         if done.returncode:
-            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             raise UserError(self.mask(f"hydra.sweeper.mlflow.tracking_uri={self.uri}: "
-                                      f"{lines[-1][:300] if lines else f'exit {done.returncode}'}"))
+                                      f"{error_line(done.stderr) or f'exit {done.returncode}'}"))
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Log `trial`; a tracking store that fails is a one-line warning (the study has the result)."""
