@@ -69,6 +69,7 @@ def test_quick_sweep_writes_every_table(tmp_path, quick_sweep):
     assert 0.5 < best["test"]["test_accuracy"] <= 1 and best["test"]["trial"] == best["trial"]
     assert (out / "best" / "model.keras").is_file()  # the replay saves the winner
     assert "sweep=" not in best["command"]
+    assert f"command: {best['command']}\n" in (out / "best.yaml").read_text()  # one line, to copy and paste
     info = yaml.safe_load((out / "study.yaml").read_text())
     assert info["n_trials"] == 6 and info["search_space"]["model.units"] == "int in [8, 64], log"
 

@@ -100,7 +100,7 @@ def write_best(path: Path, best: Any, metrics: list[str], overrides: list[str], 
         "run_dir": best.user_attrs.get("run_dir"),
         "config": config,
     }
-    write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    write_text(path, yaml.safe_dump(doc, sort_keys=False, width=1 << 20))  # the command on one line, to copy
 
 
 def write_study_info(path: Path, name: str, storage: str, settings: Any, space: Any, budget: int) -> None:
