@@ -138,6 +138,18 @@ def test_bad_inputs(tmp_path, content, message):
     assert len(error_lines(result)) == 1 and message in error_lines(result)[0]
 
 
+def test_a_glob_skips_folders_where_no_trial_ran_with_a_note(tmp_path):
+    """`python -m src.analyze outputs/sweeps/*` over a sweep refused or stopped before its first trial."""
+    write_csv(tmp_path / "a", "number,state,value,model.units\n0,COMPLETE,0.9,16\n")
+    (tmp_path / "empty").mkdir()
+    result = analyze(tmp_path / "a", tmp_path / "empty")
+    assert f"note: {tmp_path / 'empty'}: no trials.csv (no trial ran there); skipped" in result.stderr.splitlines()
+    assert "0.9" in result.stdout
+    result = analyze(tmp_path / "empty", tmp_path / "empty", expect=2)
+    assert error_lines(result) == ["error: no trials.csv in any of the 2 folders given; give a sweep folder such as "
+                                   "outputs/sweeps/default"]
+
+
 def test_unknown_by_lists_the_parameters(tmp_path):
     folder = write_csv(tmp_path / "hand", "number,state,value,model.units\n0,COMPLETE,0.9,16\n")
     result = analyze(folder, "--by", "model.unitz", expect=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.analyze.record import read
+from src.analyze.record import read_all
 from src.analyze.tables import summary
 from src.errors import UserError, exit_with
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="write plots, report.html and report.md")
     args = parser.parse_args(argv)
     try:
-        records = [read(p) for p in args.sweeps]
+        records = read_all(args.sweeps)
         if args.by and any(args.by not in r.trials for r in records):
             params = sorted({p for r in records for p in r.params})
             raise UserError(f"--by {args.by}: no such column; parameters: {', '.join(params)}")

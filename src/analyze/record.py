@@ -1,6 +1,7 @@
 """A sweep folder read once: trials.csv, study.yaml (the question) and best.yaml (the answer)."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -107,6 +108,23 @@ def _number(value: object) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def read_all(paths: list[str | Path]) -> list[SweepRecord]:
+    """Each sweep folder given; among several (a glob such as outputs/sweeps/*), a folder where no trial ran
+    (a sweep refused or stopped before its first trial, so no trials.csv) is skipped with a note."""
+    if len(paths) == 1:
+        return [read(paths[0])]
+    records = []
+    for path in map(Path, paths):
+        if path.is_dir() and not (path / "trials.csv").exists():
+            print(f"note: {path}: no trials.csv (no trial ran there); skipped", file=sys.stderr)
+            continue
+        records.append(read(path))
+    if not records:
+        raise UserError(f"no trials.csv in any of the {len(paths)} folders given; give a sweep folder such as "
+                        f"outputs/sweeps/default")
+    return records
 
 
 def load_trials(paths: Iterable[str | Path]) -> pd.DataFrame:
