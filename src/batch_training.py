@@ -32,6 +32,7 @@ or `jax.value_and_grad`). Differences from `src.training.run` that remain: the l
 logits with `log_softmax` (Keras clips softmax outputs at 1e-7, which only matters for a loss above
 ~16), and the random draws differ, so results agree within seed noise, not bit for bit. Given the same
 initial weights and batches, the weights match a Keras `fit` to 1e-6 (tests/test_batch_training.py).
+A trial's replay trains it alone in the program it trained in (`trainer.program`, see `replay`): its numbers.
 
     trainer = BatchTrainer()                     # one per worker process: it keeps the compiled programs
     for members, program in trainer.groups(cfgs):  # cfgs whose group_key is not None
@@ -61,6 +62,8 @@ from src.data import Splits, check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.metrics import history_table, run_metrics, stamp  # noqa: E402
 from src.model import dense_net, hidden_widths  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 N_INPUTS = 28 * 28
 MIN_BUCKET = 8
@@ -178,6 +181,32 @@ class Program(NamedTuple):
         """Multiply-adds of one sample's forward pass (per trial)."""
         sizes = [N_INPUTS, *self.buckets, self.structure.n_classes]
         return sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+
+    def spec(self, xla: bool) -> str:
+        """The layout as `trainer.program` takes it (e.g. `mixed/64.64/relu.tanh/noxla`): the replay of a trial
+        trained here trains in this layout again, so its arithmetic, and its numbers, are the same."""
+        return "/".join(["mixed" if self.mixed else "exact", ".".join(map(str, self.buckets)),
+                         ".".join(self.activations), "xla" if xla else "noxla"])
+
+
+def parse_program(spec: str, cfg: Any) -> tuple[Program, bool]:
+    """`trainer.program` (what `Program.spec` wrote) as the program and XLA flag to train `cfg` in."""
+    allowed = "give the value a sweep's replay line printed, e.g. mixed/64.64/relu.tanh/noxla, or null"
+    try:
+        kind, buckets, activations, xla = str(spec).split("/")
+        layout = tuple(int(b) for b in buckets.split("."))
+    except ValueError:
+        raise UserError(f"trainer.program={spec!r}: not a program layout; {allowed}") from None
+    key = group_key(cfg)
+    if kind not in ("mixed", "exact") or xla not in ("xla", "noxla") or key is None:
+        raise UserError(f"trainer.program={spec!r}: not a layout this config trains in; {allowed}")
+    widths = hidden_widths(cfg.model.units, cfg.model.layers, cfg.model.widths)
+    fits = len(widths) <= len(layout) if kind == "mixed" else len(widths) == len(layout)
+    if not fits or any(w > b for w, b in zip(widths, layout)) or cfg.model.activation not in activations.split("."):
+        raise UserError(f"trainer.program={spec!r}: the network (widths {widths}, {cfg.model.activation}) does not fit "
+                        f"that layout; {allowed}")
+    structure = coarse(key) if kind == "mixed" else key._replace(buckets=())
+    return Program(structure, layout, tuple(activations.split(".")), mixed=kind == "mixed"), xla == "xla"
 
 
 def _grow(program: Program | None, structure: GroupKey, keys: Sequence[GroupKey]) -> Program:
@@ -382,6 +411,41 @@ def value_and_grad(loss_fn: Callable[..., tuple[Any, Any]], weights: list[Any], 
     return (loss, aux), tape.gradient(loss, weights)
 
 
+# --- A batched trial's replay ------------------------------------------------------------------------
+
+def replay(cfg: DictConfig, out_dir: Any) -> dict[str, Any]:
+    """Train `cfg` alone in the program `trainer.program` names (the one a sweep trained it in, with the other
+    trials of its batch): the same initial weights, batches, dropout masks and arithmetic, so the same
+    metrics. Writes what `src.training.run` writes (history.csv, metrics.json, model.keras when asked)."""
+    from pathlib import Path
+
+    from src.files import write_csv, write_json
+
+    check_config(cfg)
+    program, xla = parse_program(cfg.trainer.program, cfg)
+    trainer, out = BatchTrainer(xla=xla), Path(out_dir)
+
+    def show(k: int, epoch: int, logs: dict[str, float]) -> bool:
+        if cfg.trainer.verbose not in (0, "0"):
+            log.info(f"Epoch {epoch}/{cfg.trainer.epochs} - " + " - ".join(f"{n}: {v:.4f}" for n, v in logs.items()))
+        return False
+
+    (metrics,) = trainer.train_group([cfg], on_epoch=show, program=program)
+    history = metrics.pop("history")
+    write_csv(out / "history.csv", history)
+    write_json(out / "metrics.json", metrics)
+    if metrics.get("error") == "diverged":
+        raise UserError(f"diverged: the loss became NaN in epoch {len(history)} "
+                        f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
+    if cfg.trainer.test:
+        log.info(f"Test loss: {metrics['test_loss']:.3f} - test accuracy: {metrics['test_accuracy']:.1%}")
+    if cfg.trainer.get("save_model"):
+        trainer.keras_model(0, cfg).save(out / "model.keras")
+    log.info(f"val_accuracy {metrics['val_accuracy']:.4f} after {metrics['epochs']} epochs in program "
+             f"{metrics['program']}, {metrics['param_count']} parameters; results in {out}")
+    return metrics
+
+
 # --- The trainer --------------------------------------------------------------------------------------
 
 class BatchTrainer:
@@ -479,7 +543,8 @@ class BatchTrainer:
             "keys": ops.convert_to_tensor(np.array([dropout_key(s) for s in seeds], np.uint32)),
             "batch_weights": ops.convert_to_tensor(batch_weights(n_train, steps, batch_size)),
         }
-        run_epoch = self._program(program, self._use_xla(steps * max(epochs)))
+        xla = self._use_xla(steps * max(epochs))
+        run_epoch = self._program(program, xla)
 
         # One program call per epoch for all trials; then each trial's logs, its hook and its state.
         status = ["training"] * len(cfgs)  # -> done | pruned | diverged
@@ -508,9 +573,9 @@ class BatchTrainer:
         self.last_weights = [ops.convert_to_numpy(w) for w in state["weights"]]
         tested = self._test_scores(cfgs, state["weights"], inputs, data, program)
         seconds = round((time.perf_counter() - start) / len(cfgs), 3)
-        return [self._result(cfg, rows[k], status[k], widths[k], key.n_classes, data,
-                             {name: values[k] for name, values in tested.items()}, seconds)
-                for k, cfg in enumerate(cfgs)]
+        return [{**self._result(cfg, rows[k], status[k], widths[k], key.n_classes, data,
+                                {name: values[k] for name, values in tested.items()}, seconds),
+                 "program": program.spec(xla)} for k, cfg in enumerate(cfgs)]
 
     def keras_model(self, k: int, cfg: DictConfig) -> keras.Model:
         """Trial `k` of the last group trained as the network `src.model.dense_net` builds for `cfg`, with

@@ -49,6 +49,7 @@ class Trainer:
     callbacks: list[Any] = field(default_factory=list)
     save_model: bool = False
     tensorboard: bool = False
+    program: Optional[str] = None           # a batched sweep trial's layout (its replay line sets it): train in it
 
 
 @dataclass

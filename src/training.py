@@ -34,7 +34,12 @@ EpochHook = Callable[[int, dict[str, float]], bool]
 
 
 def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None) -> dict[str, Any]:
-    """Train the network `cfg` describes, write `history.csv` and `metrics.json` to `out_dir`, return the metrics."""
+    """Train the network `cfg` describes, write `history.csv` and `metrics.json` to `out_dir`, return the metrics.
+    With `trainer.program` (a batched sweep trial's replay line sets it), train it in that batched program."""
+    if cfg.trainer.get("program"):
+        from src.batch_training import replay
+
+        return replay(cfg, out_dir)
     start = time.perf_counter()
     check_config(cfg)
     out_dir = Path(out_dir)

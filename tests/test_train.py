@@ -76,6 +76,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path, data_dir):
         "trainer.steps_per_execution=0": "trainer.steps_per_execution=0: use epoch or an integer >= 1",
         "trainer.eval_batch_size=0": "trainer.eval_batch_size=0: use an integer >= 1",
         "trainer.backend=torch": "trainer.backend='torch'; allowed: tensorflow, jax",
+        "trainer.program=mixed/8/relu/noxla": "trainer.program='mixed/8/relu/noxla': the network (widths [10, 10], relu) "
+                                             "does not fit that layout",
+        "trainer.program=fast": "trainer.program='fast': not a program layout; give the value a sweep's replay line",
     }
     for i, (override, message) in enumerate(cases.items()):
         result, _ = train(tmp_path, override, name=f"bad{i}", expect=2)

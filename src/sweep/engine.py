@@ -163,7 +163,7 @@ def finish(sweep: Sweep) -> None:
         best, test = study.get_trials(deepcopy=False)[confirmed["winner"]], confirmation.test_score(confirmed)
     if best is not None:
         with results.writing(sweep.folder):
-            results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best.params),
+            results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best),
                                sweep.runner.compose(best.params), test, confirmed)
     progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
-                           sweep.runner.replay(best.params) if best else [], confirmed)
+                           sweep.runner.replay(best) if best else [], confirmed)

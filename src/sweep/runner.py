@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.trial import FrozenTrial
 from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -122,12 +123,13 @@ class Runner:
         cfg = task_config(self.load(self.space.overrides(params)))
         return OmegaConf.to_container(cfg, resolve=True) if resolve else cfg
 
-    def replay(self, params: dict[str, Any]) -> list[str]:
+    def replay(self, trial: FrozenTrial) -> list[str]:
         """The arguments that replay a trial with `python -m src.train`: the command line's --config-dir, if any,
-        and the trial's overrides (the sweep definition's choice dropped)."""
+        the trial's overrides (the sweep definition's choice dropped) and, for a trial trained batched, the
+        program it trained in (`trainer.program`), so that the replay gives its numbers exactly."""
         dirs = [f"--config-dir={os.path.relpath(s.path)}" for s in self.config.hydra.runtime.config_sources
                 if s.provider == "command-line" and s.schema == "file"]
-        return dirs + [o for o in self.space.overrides(params) if not o.startswith("sweep=")]
+        return dirs + [o for o in self.space.overrides(trial.params) if not o.startswith("sweep=")] + program_of(trial)
 
     def test_best(self, study: optuna.Study, test_overrides: list[str]) -> dict[str, Any] | None:
         """Replay the best trial once with `test_overrides` (e.g. trainer.test=true); the test set never chooses."""
@@ -137,7 +139,7 @@ class Runner:
         done = best_test(study)
         if done is not None:
             return done
-        overrides = self.space.overrides(best.params) + list(test_overrides)
+        overrides = self.space.overrides(best.params) + program_of(best) + list(test_overrides)
         print(f"replaying best trial #{best.number} on the test set: {' '.join(overrides)}", flush=True)
         outcome = self.run_job(overrides, best.number, subdir="best")
         if outcome.error is not None:
@@ -148,6 +150,12 @@ class Runner:
                 "run_dir": f"{self.folder}/best"}
         study.set_user_attr("best_test", test)
         return test
+
+
+def program_of(trial: FrozenTrial) -> list[str]:
+    """`trainer.program=<layout>` for a trial trained batched (its metrics name the program), else nothing."""
+    program = trial.user_attrs.get("program")
+    return [f"trainer.program={program}"] if program else []
 
 
 def task_config(job: DictConfig) -> DictConfig:
