@@ -100,6 +100,8 @@ def test_report_plots_and_html(quick_sweep, tmp_path):
     for heading in ("The question", "The answer", "The evidence", "Failures"):
         assert heading in html and heading in md
     assert "python -m src.train" in html and "test accuracy" in md
+    test = yaml.safe_load((folder / "best.yaml").read_text())["test"]  # the confirmed winner's, over its seeds
+    assert f"the mean of {test['seeds']} runs with different seeds" in md and "measured once" not in md
 
 
 def write_csv(folder, text):

@@ -25,6 +25,13 @@ ALT = {"history": "the objective of every trial in order, and the best so far",
        "curves": "validation accuracy per epoch of the top trials"}
 
 
+
+def tested_how(test: dict) -> str:
+    """How best.yaml's test score was measured: the confirmed winner's mean over its seeds, or one replay."""
+    if test.get("seeds"):
+        return f"the mean of {test['seeds']} runs with different seeds (std {test.get('test_accuracy_std', 0):.4f}) after the search"
+    return "measured once after the search"
+
 def sections(record: SweepRecord, images: list[Path]) -> list[tuple[str, list[Block]]]:
     study, best, trials = record.study, record.best, record.trials
     question: list[Block] = []
@@ -45,7 +52,7 @@ def sections(record: SweepRecord, images: list[Path]) -> list[tuple[str, list[Bl
         test = record.test
         answer.append(f"Best trial #{best['trial']}: {record.objective} {cell(best.get(record.objective))}"
                       + (f", test accuracy {test['test_accuracy']:.4f} (test loss {test['test_loss']:.4f}), "
-                         f"measured once after the search" if test.get("test_accuracy") is not None else "") + ".")
+                         f"{tested_how(test)}" if test.get("test_accuracy") is not None else "") + ".")
         answer.append(pd.DataFrame({"parameter": list(best["params"]), "value": list(best["params"].values())}))
         answer += ["Replay it:", ("code", best["command"]),
                    "Its full configuration:", ("code", yaml.safe_dump(best["config"], sort_keys=False))]
