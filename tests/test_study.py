@@ -145,7 +145,7 @@ def described(space: dict) -> dict[str, str]:
     return {k: describe(d) for k, d in space.items()}
 
 
-def test_changed_search_space_is_refused_with_both_distributions(tmp_path, capsys):
+def test_changed_search_space_or_fixed_override_is_refused_with_both(tmp_path, capsys):
     study = new_study(sqlite_storage(tmp_path))
     check_space(study, described(SPACE), ["data.n_train=600"])  # the first run records the question
     assert give_back(study, frozen(study, ask(study, 3)), "interrupted by Ctrl-C")
@@ -157,8 +157,15 @@ def test_changed_search_space_is_refused_with_both_distributions(tmp_path, capsy
         check_space(study, described({**SPACE, "a": CategoricalDistribution(["u", "v"])}), [])
     with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks nothing"):
         check_space(study, described({"x": SPACE["x"]}), [])
-    check_space(study, described(SPACE), ["data.n_train=1200"])
-    assert "ran with fixed overrides ['data.n_train=600']; this run has ['data.n_train=1200']" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"^study 's' ran with data.n_train=600; this run has data.n_train=1200: rerun "
+                                        r"with the study's fixed overrides \(data.n_train=600\), or set "
+                                        r"hydra.sweeper.study_name to start a new study$"):
+        check_space(study, described(SPACE), ["data.n_train=1200"])  # trained on other data: not one question
+    with pytest.raises(UserError, match=r"ran with no model.dropout override; this run has \+model.dropout=0.2"):
+        check_space(study, described(SPACE), ["data.n_train=600", "+model.dropout=0.2"])
+    check_space(study, described(SPACE), ["data.n_train=600", "trainer.verbose=0"])  # how it shows, not its numbers
+    assert "ran with fixed overrides ['data.n_train=600']; this run has ['data.n_train=600', 'trainer.verbose=0']" \
+        in capsys.readouterr().out
 
 
 def test_a_trial_whose_params_cannot_be_drawn_is_given_back_not_left_running(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -263,7 +265,7 @@ def test_too_many_workers_are_capped_with_a_note(tmp_path, data_dir):
     assert table(tmp_path / "capped")["state"].tolist() == ["COMPLETE"]
 
 
-def test_changed_space_empty_storage_and_complete_study_are_said_plainly(tmp_path, data_dir):
+def test_changed_space_or_fixed_override_empty_storage_and_complete_study_are_said_plainly(tmp_path, data_dir):
     out = tmp_path / "study"
     sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1")
     result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1")
@@ -271,6 +273,9 @@ def test_changed_space_empty_storage_and_complete_study_are_said_plainly(tmp_pat
     result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,64))", expect=2)
     assert error_lines(result) == ["error: study 'default' searched model.units as int in [8, 32]; this run asks "
                                    "int in [8, 64]: set hydra.sweeper.study_name to start a new study"]
+    result = sweep(out, *TINY, "trainer.epochs=3", "model.units=int(interval(8,32))", expect=2)  # trained otherwise
+    assert error_lines(result)[0].startswith("error: study 'default' ran with trainer.epochs=1; this run has "
+                                             "trainer.epochs=3: rerun with the study's fixed overrides (")
     (out / "study.db").write_bytes(b"")  # the storage lost: never a new study over the old tables
     result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", expect=2)
     assert "is empty (0 bytes), not an Optuna study" in error_lines(result)[0]
@@ -314,3 +319,17 @@ def test_a_terminal_sees_each_epoch_on_one_rewritten_line(tmp_path, data_dir):
     text = out.decode()
     assert "\r\x1b[Ktrial 0: epoch 1/3 val_accuracy=" in text and "\r\x1b[Ktrial 0: epoch 3/3" in text
     assert "\r\x1b[Ktrial 0 COMPLETE" in text and "1/1 done" in text
+
+
+def test_a_command_refused_over_another_studys_tables_leaves_no_study_in_a_shared_storage(tmp_path, data_dir):
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = [*TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=1",
+            f"hydra.sweeper.storage={shared}"]
+    sweep(tmp_path / "a", *args, "hydra.sweeper.study_name=a")
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "trials.csv", tmp_path / "b" / "trials.csv")  # tables of a study that is not there
+    result = sweep(tmp_path / "b", *args, "hydra.sweeper.study_name=b", expect=2)
+    assert error_lines(result) == [f"error: {tmp_path / 'b' / 'trials.csv'} lists 1 trials but study 'b' has none in "
+                                   f"its storage (emptied or replaced?); restore the storage, or use another "
+                                   f"hydra.sweep.dir or study_name"]
+    assert optuna.get_all_study_names(shared) == ["a"]  # before: an empty study 'b' was left in the shared file

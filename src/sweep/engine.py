@@ -27,7 +27,7 @@ from src.sweep.optuna_internals import close
 from src.sweep.recovery import give_back_owned
 from src.sweep.settings import SweeperSettings
 from src.sweep.space import describe
-from src.sweep.storage import Storage, failure
+from src.sweep.storage import Storage, StorageGone, failure
 from src.sweep.study import best_test, best_trial, check_space
 from src.sweep.prepare import prepare
 from src.sweep.worker import work
@@ -89,10 +89,10 @@ def join(sweep: Sweep, local: bool = True) -> int:
     if settings.mlflow.tracking_uri:  # each finished trial as an MLflow run (e.g. sqlite:///<sweep dir>/mlflow.db)
         sweep.runner.on_told = logger = tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask)
         logger.prepare()
+    _check_folder(sweep)
     study = sweep.open(create=True)
     check_space(study, {k: describe(d) for k, d in sweep.space.distributions.items()}, sweep.space.fixed)
     trials = study.get_trials(deepcopy=False)
-    _check_folder(folder, sweep.name, trials)
     with results.writing(folder):
         results.write_study_info(folder / "study.yaml", sweep.name, sweep.storage.display, settings, sweep.space,
                                  sweep.budget)
@@ -103,18 +103,31 @@ def join(sweep: Sweep, local: bool = True) -> int:
     return n_workers
 
 
-def _check_folder(folder: Path, name: str, trials: list[Any]) -> None:
-    """Refuse to start a new study over the tables of another one (a lost, emptied or replaced storage)."""
-    table = folder / "trials.csv"
-    if trials or not table.is_file():
+def _check_folder(sweep: Sweep) -> None:
+    """Refuse to start a new study over the tables of another one (a lost, emptied or replaced storage), before
+    anything is created: a refused command leaves no empty study behind, in a storage of its own or a shared one."""
+    table = sweep.folder / "trials.csv"
+    if not table.is_file():
         return
     try:
         rows = len(pd.read_csv(table))
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
         rows = 0
-    if rows:
-        raise UserError(f"{table} lists {rows} trials but study {name!r} has none in its storage (emptied or "
-                        f"replaced?); restore the storage, or use another hydra.sweep.dir or study_name")
+    if not rows:
+        return
+    try:
+        storage = sweep.storage.connect(create=False)
+    except StorageGone:
+        storage = None
+    if storage is not None:
+        try:
+            if sweep.name in optuna.get_all_study_names(storage) and \
+                    optuna.load_study(study_name=sweep.name, storage=storage).get_trials(deepcopy=False):
+                return
+        finally:
+            close(storage)  # no connection crosses the fork
+    raise UserError(f"{table} lists {rows} trials but study {sweep.name!r} has none in its storage (emptied or "
+                    f"replaced?); restore the storage, or use another hydra.sweep.dir or study_name")
 
 
 def needs_replay(sweep: Sweep, study: optuna.Study) -> bool:

@@ -40,9 +40,18 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, directions: list
     return study
 
 
+# Fixed overrides that change how a run shows or saves itself, not its numbers: a rerun may change them.
+SHOWN_ONLY = {"trainer.verbose", "trainer.tensorboard", "trainer.save_model"}
+
+
+def _by_key(overrides: list[str]) -> dict[str, str]:
+    return {line.split("=", 1)[0].lstrip("+~"): line for line in overrides}
+
+
 def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str]) -> None:
     """Refuse a search space that differs from the study's (a searched key added, dropped or changed),
-    described as `describe` writes them; changed fixed overrides get a note. The first run records both."""
+    described as `describe` writes them, and changed fixed overrides (the data, the model or the training
+    differ) but for SHOWN_ONLY, which get a note. The first run records both."""
     stored = study.user_attrs.get("search_space")
     for key in sorted(set(stored or {}) | set(space)):
         old, new = (stored or {}).get(key), space.get(key)
@@ -52,6 +61,13 @@ def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str]) ->
                             f"to start a new study")
     before = study.user_attrs.get("fixed")
     if before is not None and sorted(before) != sorted(fixed):
+        old, new = _by_key(before), _by_key(fixed)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in SHOWN_ONLY)
+        if changed:  # its trials, confirmation runs and best would mix two questions
+            key = changed[0]
+            raise UserError(f"study {study.study_name!r} ran with {old.get(key) or f'no {key} override'}; this run "
+                            f"has {new.get(key) or f'no {key} override'}: rerun with the study's fixed overrides "
+                            f"({' '.join(before) or 'none'}), or set hydra.sweeper.study_name to start a new study")
         print(f"note: study {study.study_name!r} ran with fixed overrides {sorted(before)}; this run has "
               f"{sorted(fixed)}", flush=True)
     if "search_space" not in study.user_attrs:
