@@ -84,7 +84,8 @@ def test_padded_units_stay_zero_and_param_count_is_the_real_networks(data_dir, b
         assert np.count_nonzero(kernels[1][k, :width, :width]) == width * width  # the real units did train
         assert result["param_count"] == build_model(cfg.model, 784, 3).count_params()
         assert 0.8 < result["val_accuracy"] <= 1 and "error" not in result
-        assert set(result) == METRICS | {"history"}  # src.training.run's metrics.json keys
+        assert set(result) == METRICS | {"history", "program"}  # src.training.run's metrics.json keys, and the layout
+        assert result["program"] == "mixed/32.32/sigmoid/xla"  # what the trial's replay line passes as trainer.program
         assert list(result["history"].columns) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
 
     # Initial weights: glorot-uniform limits of the real fan-in/fan-out, zero padding and biases.

@@ -144,7 +144,7 @@ def test_sigterm_gives_the_trial_back_and_resume_completes(tmp_path, data_dir, h
     trials = trials_of(storage)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING] and not counts(trials[0])
     assert trials[0].user_attrs["error"].startswith("interrupted")
-    proc = start(tmp_path, storage, "trainer.epochs=2", "hydra.sweeper.n_trials=2")
+    proc = start(tmp_path, storage, "trainer.epochs=30", "hydra.sweeper.n_trials=2")  # the same command: a resume
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     trials = trials_of(storage)
