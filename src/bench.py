@@ -5,6 +5,7 @@
     python -m src.bench --backend jax        # the same on Keras's JAX backend (the peers' sweep S too)
     python -m src.bench --default-sweep      # also the default 40-trial sweep's wall time (~2 min)
     python -m src.bench --scale-out --only-scale-out --rounds 1   # the default sweep: 2 one-core workers vs 1
+    python -m src.bench --results lesson,default   # the README's Results rows, rerun (src/bench_results.py)
 
 The reference trial (../shared/bench/README.md): classes 0-2, all 18,000 images, 784-10-10-3,
 Adam 1e-3, batch 32, 10 epochs; its time runs from building the model to the validation score.
@@ -185,9 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-out", action="store_true",
                         help="also the default sweep on 1 core / 1 worker against 2 cores / 2 workers (~10 min a round)")
     parser.add_argument("--only-scale-out", action="store_true", help="only the scale-out rounds")
+    parser.add_argument("--results", metavar="ROWS", help="only the README's Results table, for these rows "
+                        "(comma-separated: lesson, quick, default, fashion10)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for the reference trial")
     args = parser.parse_args(argv)
     os.environ.setdefault("FASHION_MNIST_DIR", str(ROOT.parent / "shared" / "datasets" / "fashion-mnist"))
+    if args.results:
+        from src.bench_results import table
+        from src.errors import UserError, exit_with
+
+        try:
+            print(table(args.results.split(",")))
+        except UserError as e:
+            exit_with(e)
+        return 0
     if args.only_scale_out:
         with tempfile.TemporaryDirectory() as tmp:
             return report(scale_out_rows(scale_out_rounds(Path(tmp), args.rounds, args.backend)), args)

@@ -15,9 +15,9 @@ from dask_cluster import dask_cluster  # noqa: F401  (a real Dask scheduler and 
 
 ROOT = Path(__file__).resolve().parents[1]
 # Modules whose every test runs the CLI or trains; elsewhere a test is slow when it uses a slow fixture.
-SLOW_MODULES = {"test_batch_sweep", "test_batch_training", "test_confirm", "test_coordination", "test_dask", "test_dashboard",
-                "test_hos", "test_launchers", "test_packaging", "test_postgres_fixture", "test_readme", "test_slurm",
-                "test_sweep", "test_train"}
+SLOW_MODULES = {"test_batch_sweep", "test_batch_training", "test_bench_results", "test_confirm", "test_coordination",
+                "test_dask", "test_dashboard", "test_hos", "test_launchers", "test_packaging", "test_postgres_fixture",
+                "test_readme", "test_slurm", "test_sweep", "test_train"}
 SLOW_FIXTURES = {"quick_sweep", "postgres", "slurm", "dask_cluster"}
 DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
