@@ -60,7 +60,7 @@ from omegaconf import DictConfig  # noqa: E402
 from src.config import check as check_config  # noqa: E402
 from src.data import Splits, check_classes, load  # noqa: E402
 from src.errors import UserError  # noqa: E402
-from src.metrics import history_table, run_metrics, stamp  # noqa: E402
+from src.metrics import diverged, history_table, run_metrics, stamp  # noqa: E402
 from src.model import dense_net, hidden_widths  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -435,8 +435,7 @@ def replay(cfg: DictConfig, out_dir: Any) -> dict[str, Any]:
     write_csv(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
     if metrics.get("error") == "diverged":
-        raise UserError(f"diverged: the loss became NaN in epoch {len(history)} "
-                        f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
+        raise diverged(cfg, len(history))
     if cfg.trainer.test:
         log.info(f"Test loss: {metrics['test_loss']:.3f} - test accuracy: {metrics['test_accuracy']:.1%}")
     if cfg.trainer.get("save_model"):

@@ -1,12 +1,14 @@
 """metrics.json and history.csv: what one training run records, built in one place for the Keras path
 (`src.training`) and the batched path (`src.batch_training`); the CSV contract (`src.analyze.contract`)
-takes its metric columns from here. Only pandas."""
+takes its metric columns from here. Only pandas (and the project's one error type)."""
 from __future__ import annotations
 
 import resource
 from typing import Any
 
 import pandas as pd
+
+from src.errors import UserError
 
 # metrics.json's keys, in order (other val_<metric> columns and `error: diverged` may follow).
 RUN_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy", "train_loss",
@@ -40,3 +42,9 @@ def stamp(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
     metrics["seconds"] = round(seconds, 3)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return metrics
+
+
+def diverged(cfg: Any, epochs: int) -> UserError:
+    """The one-line error of a run whose loss became NaN in epoch `epochs` (its files are written first)."""
+    return UserError(f"diverged: the loss became NaN in epoch {epochs} (optimizer={cfg.optimizer.name}, "
+                     f"lr={cfg.optimizer.lr}); try a lower optimizer.lr")

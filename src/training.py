@@ -22,10 +22,9 @@ from hydra.utils import instantiate  # noqa: E402
 
 from src.config import check as check_config  # noqa: E402
 from src.data import check_classes, load  # noqa: E402
-from src.errors import UserError  # noqa: E402
 from src.model import build_loss, build_metrics, build_model, build_optimizer  # noqa: E402
 from src.files import write_csv, write_json  # noqa: E402
-from src.metrics import history_table, run_metrics, stamp  # noqa: E402
+from src.metrics import diverged, history_table, run_metrics, stamp  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +71,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     last = history.iloc[-1]
     if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["val_loss"]):
         write_json(out_dir / "metrics.json", {**stamp(metrics, time.perf_counter() - start), "error": "diverged"})
-        raise UserError(f"diverged: the loss became NaN in epoch {len(history)} "
-                        f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
+        raise diverged(cfg, len(history))
     metrics.update({f"val_{name}": float(last[f"val_{name}"]) for name in scorer.names if name != "accuracy"})
     if cfg.trainer.test:
         tested = scorer(model, data.x_test, data.y_test)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.backend import use_backend
 from src.errors import UserError
 from src.files import write_csv, write_json, write_text
+from src.metrics import diverged
 from src.sweep.outcome import TrialOutcome
 from src.sweep.pruning import PruningHook
 from src.sweep.runner import Runner, task_config
@@ -124,8 +125,7 @@ class BatchRunner:
         write_csv(out / "history.csv", history)
         write_json(out / "metrics.json", metrics)
         if metrics.get("error") == "diverged":
-            return UserError(f"diverged: the loss became NaN in epoch {len(history)} "
-                             f"(optimizer={cfg.optimizer.name}, lr={cfg.optimizer.lr}); try a lower optimizer.lr")
+            return diverged(cfg, len(history))
         if cfg.trainer.get("save_model") and (hook is None or hook.pruned_at is None):  # a pruned trial is never a winner
             self.trainer.keras_model(k, cfg).save(out / "model.keras")
         return metrics
