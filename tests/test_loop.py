@@ -63,7 +63,7 @@ class Budgeted:
         for i, (trial, x) in enumerate(zip(trials, xs)):
             if self.act is not None:
                 self.act(i, trial)
-            tell(study, trial, TrialOutcome.of({"value": x}, "value"), ["value"], "nowhere")
+            tell(study, trial, TrialOutcome.of({"value": x}, ["value"]), ["value"], "nowhere")
 
     def after(self, study: optuna.Study, trials: list[optuna.Trial], completed: bool) -> None:
         self.afters.append(([t.number for t in trials], completed))
@@ -164,7 +164,7 @@ class FakeRunner:
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         x = trial.suggest_float("x", 0.0, 1.0)
-        outcome = TrialOutcome.of({"val_accuracy": x}, "val_accuracy")
+        outcome = TrialOutcome.of({"val_accuracy": x}, ["val_accuracy"])
         tell(study, trial, outcome, self.objectives, f"{self.folder}/trials/{trial.number}")
 
     def compose(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -174,11 +174,12 @@ class FakeRunner:
         self.jobs.append(overrides)
         seed = int(next(o for o in overrides if o.startswith("trainer.seed=")).split("=")[1])
         x = float(next(o for o in overrides if o.startswith("x=")).split("=")[1])
-        return TrialOutcome.of({"val_accuracy": x - seed / 100, "test_accuracy": x / 2, "test_loss": 1.0}, "val_accuracy")
+        return TrialOutcome.of({"val_accuracy": x - seed / 100, "test_accuracy": x / 2, "test_loss": 1.0}, ["val_accuracy"])
 
 
 def make_sweep(tmp_path: Path, **settings: Any) -> Sweep:
-    s = SweeperSettings(**{"n_trials": 4, "batch_trials": 2, "sampler": "random", **settings})
+    s = SweeperSettings(**{"n_trials": 4, "batch_trials": 2, "sampler": "random", "objectives": ["val_accuracy"],
+                           "directions": ["maximize"], **settings})  # as conf/sweep.yaml sets them
     space = SearchSpace(distributions=dict(SPACE))
     sweep = Sweep(s, space, "s", Storage(f"sqlite:///{tmp_path / 'study.db'}", 1, 2), tmp_path, s.n_trials,
                   FakeRunner(tmp_path), task_config=None, started=datetime.now())  # type: ignore[arg-type]
@@ -268,10 +269,10 @@ def test_a_trial_the_machine_failed_is_given_back_and_queued_again_never_counted
 def test_tell_fails_a_trial_whose_objective_is_missing_or_not_finite(tmp_path):
     study = new_study(tmp_path)
     for metrics in ({"other": 1.0}, {"value": float("nan")}):
-        tell(study, study.ask(), TrialOutcome.of(metrics, "value"), ["value"], "x")
+        tell(study, study.ask(), TrialOutcome.of(metrics, ["value"]), ["value"], "x")
     assert states(study) == ["FAIL", "FAIL"]
     assert all("not in the task's metrics or not finite" in t.user_attrs["error"] for t in study.get_trials())
-    tell(study, study.ask(), TrialOutcome.of(0.5, "value", pruned_at=2), ["value"], "x")
+    tell(study, study.ask(), TrialOutcome.of(0.5, ["value"], pruned_at=2), ["value"], "x")
     assert study.get_trials()[2].state == TrialState.PRUNED and study.get_trials()[2].user_attrs["value"] == 0.5
 
 

@@ -149,7 +149,7 @@ def test_multi_objective_marks_the_pareto_front(tmp_path, data_dir):
     ("model.units=interval(64,8)", "model.units=interval(64.0,8.0) is empty"),
     ("model.units=range(8,8)", "is empty: the end is excluded"),
     ("optimizer.lr=tag(log,interval(0,1))", "a log scale needs low > 0"),
-    ("hydra.sweeper.sampler=annealing", "hydra.sweeper.sampler='annealing'; allowed: tpe, random, grid, cmaes, qmc"),
+    ("hydra.sweeper.sampler=annealing", "hydra.sweeper.sampler='annealing'; allowed: tpe, random, grid, cmaes, qmc, nsgaii, gp"),
     ("hydra.sweeper.pruner=early", "hydra.sweeper.pruner='early'; allowed: none, median"),
     ("model.unitz=int(interval(8,16))", "model.unitz"),
 ])

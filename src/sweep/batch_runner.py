@@ -111,7 +111,7 @@ class BatchRunner:
             except Exception as e:  # noqa: BLE001 - e.g. a full disk: this trial FAIL, as Hydra's job would
                 returned = e
             hook = hooks[i]
-            told(i, TrialOutcome.of(returned, self.runner.objectives[0], hook.pruned_at if hook is not None else None))
+            told(i, TrialOutcome.of(returned, self.runner.objectives, hook.pruned_at if hook is not None else None))
 
     def _write(self, k: int, job: DictConfig, cfg: DictConfig, metrics: dict[str, Any],
                hook: PruningHook | None) -> dict[str, Any] | UserError:

@@ -229,7 +229,7 @@ class Confirmation:
                 shutil.copyfile(trained / "model.keras", sweep.folder / subdir / "model.keras")
         except Exception as e:  # noqa: BLE001 - trained again instead, with a note
             return TrialOutcome.failed(e)
-        return TrialOutcome.of(metrics, self.metric)
+        return TrialOutcome.of(metrics, [self.metric])
 
 
 class RunQueue:

@@ -34,11 +34,19 @@ class TrialOutcome:
     pruned_at: int | None = None
 
     @classmethod
-    def of(cls, returned: Any, objective: str, pruned_at: int | None = None) -> TrialOutcome:
-        """From what a task returned (a dict of metrics, or one number: the first objective's) or raised."""
+    def of(cls, returned: Any, objectives: list[str], pruned_at: int | None = None) -> TrialOutcome:
+        """From what a task returned or raised: a dict of metrics, one value per objective (a tuple or list, as
+        hydra-optuna-sweeper's multi-objective tasks return), or one number (the first objective's)."""
         if isinstance(returned, BaseException):
             return cls.failed(returned)
-        return cls(metrics=dict(returned) if isinstance(returned, dict) else {objective: returned}, pruned_at=pruned_at)
+        if isinstance(returned, dict):
+            return cls(metrics=dict(returned), pruned_at=pruned_at)
+        if isinstance(returned, (list, tuple)):
+            if len(returned) != len(objectives):
+                return cls(error=f"the task returned {len(returned)} values for {len(objectives)} objectives "
+                                 f"{objectives}: return one value per direction")
+            return cls(metrics=dict(zip(objectives, returned)), pruned_at=pruned_at)
+        return cls(metrics={objectives[0]: returned}, pruned_at=pruned_at)
 
     @classmethod
     def failed(cls, error: BaseException | str, fatal: bool = False) -> TrialOutcome:

@@ -36,8 +36,24 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
                     keep_models=settings.confirm.top_k > 0)
     if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
-    return Sweep(settings, space, settings.study_name or "sweep", storage, folder, n_trials, runner,
+    for note in settings.notes:
+        print(f"note: {note}", flush=True)
+    return Sweep(settings, space, settings.study_name or fresh_name(runner, folder), storage, folder, n_trials, runner,
                  task_config=validate(runner, space, settings.confirm.top_k > 0), started=datetime.now())
+
+
+def fresh_name(runner: Runner, folder: Path) -> str:
+    """`study_name: null` means a fresh study per run (hydra-optuna-sweeper's meaning): named after the folder
+    Hydra made for this run (`conf/sweep.yaml`: <sweep>-<time>; another app's: <app>-<date>-<time>), so that
+    every job of the command finds the same study; printed, with how to resume it."""
+    if runner.own:
+        name, resume = folder.name, f"hydra.sweeper.study_name={folder.name}"
+    else:
+        name = f"{runner.config.hydra.job.name}-{folder.parent.name}-{folder.name}"
+        resume = f"hydra.sweeper.study_name={name} hydra.sweep.dir={folder}"
+    print(f"note: hydra.sweeper.study_name is null: a fresh study {name!r} (to resume it, rerun with {resume})",
+          flush=True)
+    return name
 
 
 def validate(runner: Runner, space: SearchSpace, runner_confirms: bool = False) -> DictConfig:

@@ -90,7 +90,7 @@ def print_summary(study: optuna.Study, storage: str, folder: Any, metrics: list[
                   f"(replayed once after the search; val_accuracy {test['val_accuracy']:.4f})")
         if confirmed and confirmed["winner"] is not None:
             print_confirmed(confirmed)
-        print(f"  replay: python -m src.train {' '.join(results.shell_quote(replay))}")
+        print(f"  replay: {' '.join(results.shell_quote(replay))}")
     print(f"tables: {folder}/{{trials,leaderboard,params_summary,importance}}.csv and best.yaml", flush=True)
 
 

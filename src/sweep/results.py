@@ -84,7 +84,7 @@ def write_sweep_tables(folder: Path, study: Any, metrics: list[str], size: int, 
         write_csv(folder / "importance.csv", importance_table(study))
 
 
-def write_best(path: Path, best: Any, metrics: list[str], overrides: list[str], config: dict[str, Any],
+def write_best(path: Path, best: Any, metrics: list[str], command: list[str], config: dict[str, Any],
                test: dict[str, Any] | None, confirmed: dict[str, Any] | None = None) -> None:
     """best.yaml: the best trial (the confirmed winner, where confirmation ran), the command that replays it,
     its test score (mean and std over seeds, where confirmed) and its full composed config."""
@@ -94,7 +94,7 @@ def write_best(path: Path, best: Any, metrics: list[str], overrides: list[str], 
         "trial": best.number,
         **{m: v for m, v in zip(metrics, best.values)},
         "params": dict(best.params),
-        "command": "python -m src.train " + " ".join(shell_quote(overrides)),
+        "command": " ".join(shell_quote(command)),
         "test": test,
         **({"confirmed": confirmed} if confirmed else {}),
         "run_dir": best.user_attrs.get("run_dir"),

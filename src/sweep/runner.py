@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -93,7 +94,7 @@ class Runner:
             returned = e
         finally:  # Ctrl-C passes through: the worker gives back every trial it claimed
             current_hook.reset(token)
-        return TrialOutcome.of(returned, self.objectives[0], hook.pruned_at if hook is not None else None)
+        return TrialOutcome.of(returned, self.objectives, hook.pruned_at if hook is not None else None)
 
     def job_config(self, overrides: list[str], number: int, subdir: str | None = None) -> DictConfig:
         """Hydra job `number`'s config for `overrides`, its folder set, and no password in its hydra node; a
@@ -123,13 +124,20 @@ class Runner:
         cfg = task_config(self.load(self.space.overrides(params)))
         return OmegaConf.to_container(cfg, resolve=True) if resolve else cfg
 
+    @property
+    def own(self) -> bool:
+        """Whether the task is this project's training (another Hydra app brings its own config and command)."""
+        return "trainer" in self.config
+
     def replay(self, trial: FrozenTrial) -> list[str]:
-        """The arguments that replay a trial with `python -m src.train`: the command line's --config-dir, if any,
-        the trial's overrides (the sweep definition's choice dropped) and, for a trial trained batched, the
-        program it trained in (`trainer.program`), so that the replay gives its numbers exactly."""
+        """The command that replays a trial: `python -m src.train` (another app: the command that started the
+        sweep, without -m), the command line's --config-dir, if any, the trial's overrides (the sweep definition's
+        choice dropped) and, for a trial trained batched, the program it trained in (`trainer.program`), so that
+        the replay gives its numbers exactly."""
         dirs = [f"--config-dir={os.path.relpath(s.path)}" for s in self.config.hydra.runtime.config_sources
                 if s.provider == "command-line" and s.schema == "file"]
-        return dirs + [o for o in self.space.overrides(trial.params) if not o.startswith("sweep=")] + program_of(trial)
+        overrides = [o for o in self.space.overrides(trial.params) if not o.startswith("sweep=")]
+        return app_command(self.own) + dirs + overrides + program_of(trial)
 
     def test_best(self, study: optuna.Study, test_overrides: list[str]) -> dict[str, Any] | None:
         """Replay the best trial once with `test_overrides` (e.g. trainer.test=true); the test set never chooses."""
@@ -150,6 +158,15 @@ class Runner:
                 "run_dir": f"{self.folder}/best"}
         study.set_user_attr("best_test", test)
         return test
+
+
+def app_command(own: bool) -> list[str]:
+    """How a replay line starts: `python -m src.train`, or for another Hydra app the interpreter's script or
+    `-m module` that started this sweep (what precedes the app's own arguments)."""
+    if own:
+        return ["python", "-m", "src.train"]
+    start = sys.orig_argv[:len(sys.orig_argv) - len(sys.argv) + 1]
+    return ["python", *start[1:]]
 
 
 def program_of(trial: FrozenTrial) -> list[str]:

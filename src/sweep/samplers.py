@@ -1,6 +1,7 @@
 """Optuna samplers by the names a sweep config uses, seeded per trial so that parallel workers differ."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable
 
 import optuna
@@ -11,13 +12,13 @@ from optuna.trial import FrozenTrial, TrialState
 from src.errors import UserError
 from src.sweep.space import SearchSpace
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "nsgaii", "gp")
 
 
 def make_sampler(name: str | dict[str, Any], seed: int | None, kwargs: dict[str, Any],
                  space: SearchSpace) -> BaseSampler:
-    """The sampler `name` (one of SAMPLERS) with `kwargs` passed through to Optuna, or a `_target_` block
-    (hydra-optuna-sweeper's form: any sampler class, Optuna's or a user's, instantiated by Hydra).
+    """The sampler `name` (one of SAMPLERS) with `kwargs` passed through to Optuna, or a `_target_` block of a
+    class SweeperSettings does not map to a name (any sampler class, Optuna's or a user's, instantiated by Hydra).
 
     Grid and QMC draw their points by a sequence the storage indexes, so one seed serves every worker.
     The others are re-seeded with `seed + trial number` before each trial: workers on any machine draw
@@ -27,9 +28,12 @@ def make_sampler(name: str | dict[str, Any], seed: int | None, kwargs: dict[str,
         return _from_block(name, seed)
     if name not in SAMPLERS:
         raise UserError(f"hydra.sweeper.sampler={name!r}; allowed: {', '.join(SAMPLERS)} or a _target_ block")
+    if name == "gp" and importlib.util.find_spec("torch") is None:
+        raise UserError("hydra.sweeper.sampler=gp: Optuna's GPSampler needs PyTorch (pip install torch)")
     factories: dict[str, Callable[..., BaseSampler]] = {
         "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler, "qmc": optuna.samplers.QMCSampler,
+        "nsgaii": optuna.samplers.NSGAIISampler, "gp": optuna.samplers.GPSampler,
         "grid": lambda **kw: optuna.samplers.GridSampler(space.grid(), **kw)}
     try:
         factories[name](seed=seed, **kwargs)  # fail on bad knobs now, not in a worker
