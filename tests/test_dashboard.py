@@ -1,5 +1,5 @@
 """A sweep's study as optuna-dashboard reads it (its own WSGI app and API): one sortable user attribute per
-metric, and each epoch's value as an intermediate value even when no pruner runs (learning curves)."""
+metric, the objective's name, and each epoch's value as an intermediate value even when no pruner runs (learning curves)."""
 from __future__ import annotations
 
 import json
@@ -28,6 +28,7 @@ def test_dashboard_sorts_by_each_metric_and_draws_learning_curves(tmp_path, data
     app = wsgi(f"sqlite:///{out / 'study.db'}")
     (summary,) = api(app, "/api/studies")["study_summaries"]
     study = api(app, f"/api/studies/{summary['study_id']}", "after=0")
+    assert study["objective_names"] == ["val_accuracy"]  # the objective named, not "Objective 0"
     sortable = {a["key"]: a["sortable"] for a in study["union_user_attrs"]}
     assert sortable["val_accuracy"] and sortable["param_count"] and sortable["seconds"]
     assert study["has_intermediate_values"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -54,21 +55,41 @@ def test_tensorboard_logs_epoch_scalars_and_hparams(tmp_path, data_dir):
 @pytest.mark.slow
 def test_each_sweep_trial_is_an_mlflow_run_and_has_its_tensorboard_logs(tmp_path, data_dir):
     out, uri = tmp_path / "tracked", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
+    sweep(out, *TINY, "trainer.epochs=2", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
           "hydra.sweeper.n_workers=2", f"hydra.sweeper.mlflow.tracking_uri={uri}", "trainer.tensorboard=true")
     trials = table(out).set_index("number")
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("default")  # the study's name
-    runs = {int(r.data.tags["optuna.trial"]): r for r in client.search_runs([experiment.experiment_id])}
+    every = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in every if r.data.tags.get("optuna.role") == "sweep"]
+    runs = {int(r.data.tags["optuna.trial"]): r for r in every if "optuna.trial" in r.data.tags}
     assert sorted(runs) == sorted(trials.index) == [0, 1]
     for number, run in runs.items():
         row = trials.loc[number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.params == {"model.units": str(row["model.units"])}
         assert run.data.metrics["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)
         assert run.data.metrics["param_count"] == row["param_count"] and run.data.metrics["seconds"] == row["seconds"]
         assert run.data.tags["optuna.state"] == row["state"] == "COMPLETE" and run.info.status == "FINISHED"
         assert run.data.tags["optuna.study"] == "default" and run.data.tags["optuna.run_dir"] == row["run_dir"]
         assert hparams(f"{row['run_dir']}/tensorboard")["model.units"] == row["model.units"]
+        history = pd.read_csv(f"{row['run_dir']}/history.csv")
+        for column in ("val_accuracy", "loss"):  # each epoch, at its step
+            logged = sorted(client.get_metric_history(run.info.run_id, column), key=lambda m: m.step)
+            assert [m.step for m in logged] == list(history["epoch"])
+            assert [m.value for m in logged] == pytest.approx(list(history[column]), abs=1e-9)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"history.csv", "metrics.json", ".hydra", "tensorboard"} <= artifacts
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study"] == "default"
+    assert parent.data.params["space.model.units"] == "int in [8, 32]" and parent.data.params["n_trials"] == "2"
+    assert parent.data.params["fixed.trainer.epochs"] == "2" and parent.data.params["sampler"] == "tpe"
+    assert parent.data.tags["optuna.best_trial"] == str(best["trial"])
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(trials["val_accuracy"].max(), abs=1e-9)
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(best["test"]["test_accuracy"], abs=1e-9)
+    assert {"trials.csv", "best.yaml", "study.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert (tmp_path / "mlartifacts").is_dir()  # a database store's artifacts beside the sweep, not in the cwd
 
 
 def test_the_tracking_uri_password_is_never_shown_or_written(tmp_path, data_dir, postgres):
@@ -77,10 +98,12 @@ def test_the_tracking_uri_password_is_never_shown_or_written(tmp_path, data_dir,
                    f"hydra.sweeper.mlflow.tracking_uri={uri}", "hydra.sweeper.mlflow.experiment=secret",
                    "hydra.sweeper.batch_trials=8")  # the batched path writes the trial's .hydra/ itself
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
+    (run,) = [r for r in runs if "optuna.trial" in r.data.tags]
     assert run.data.tags["optuna.state"] == "COMPLETE"
     assert postgres.password not in result.stdout + result.stderr
-    written = [path for path in out.rglob("*") if path.is_file() and postgres.password.encode() in path.read_bytes()]
+    written = [path for path in tmp_path.rglob("*")  # the sweep and its MLflow artifacts
+               if path.is_file() and postgres.password.encode() in path.read_bytes()]
     assert not written and (out / "trials" / "0" / ".hydra" / "hydra.yaml").is_file()
     bad = uri.replace(f":{postgres.password}@", ":wrong-pw@")
     result = sweep(tmp_path / "refused", *TINY, "model.units=int(interval(8,32))", f"hydra.sweeper.mlflow.tracking_uri={bad}",

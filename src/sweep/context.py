@@ -2,6 +2,7 @@
 runs), made once by the engine before any worker starts and handed to each."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +49,12 @@ class Sweep:
         s = self.settings
         sampler = make_sampler(s.sampler, s.seed, s.samplers.get(s.sampler_name) or {}, self.space)
         pruner = make_pruner(s.pruner, s.pruners.get(s.pruner_name) or {})
-        return open_study(self.storage.connect(create), self.name, list(s.directions), sampler, pruner)
+        study = open_study(self.storage.connect(create), self.name, list(s.directions), sampler, pruner)
+        if create and study.metric_names != self.objectives:  # dashboards name the objectives (once per command)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(self.objectives)
+        return study
 
     def write_tables(self, study: optuna.Study, importance: bool = False) -> None:
         with results.writing(self.folder):

@@ -88,7 +88,7 @@ def join(sweep: Sweep, local: bool = True) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     if settings.mlflow.tracking_uri:  # each finished trial as an MLflow run (e.g. sqlite:///<sweep dir>/mlflow.db)
         sweep.runner.on_told = logger = tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask)
-        logger.prepare()
+        logger.prepare(folder)
     _check_folder(sweep)
     study = sweep.open(create=True)
     check_space(study, {k: describe(d) for k, d in sweep.space.distributions.items()}, sweep.space.fixed)
@@ -178,5 +178,7 @@ def finish(sweep: Sweep) -> None:
         with results.writing(sweep.folder):
             results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best),
                                sweep.runner.compose(best.params), test, confirmed)
+    if isinstance(sweep.runner.on_told, tracking.MlflowLogger):
+        sweep.runner.on_told.log_sweep(sweep, best, test)
     progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
                            sweep.runner.replay(best) if best else [], confirmed)
