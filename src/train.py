@@ -8,16 +8,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from src.backend import use_backend
+from src.cli import one_line_errors
+from src.config import check
 from src.errors import exit_on_user_error
 from src.schema import register
 
 register()  # the config groups' typed schemas, before Hydra composes
+one_line_errors()  # a mistyped key or option: one line with the closest name, not Hydra's report
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     """Train the composed network; return its validation accuracy (what a sweep optimizes)."""
+    check(cfg)  # a value that can only fail is refused before the TensorFlow import (seconds)
     use_backend(cfg.trainer.backend)
     from src import training  # TensorFlow loads here, not for --help or --cfg
 

@@ -151,7 +151,7 @@ def test_multi_objective_marks_the_pareto_front(tmp_path, data_dir):
     ("optimizer.lr=tag(log,interval(0,1))", "a log scale needs low > 0"),
     ("hydra.sweeper.sampler=annealing", "hydra.sweeper.sampler='annealing'; allowed: tpe, random, grid, cmaes, qmc, nsgaii, gp"),
     ("hydra.sweeper.pruner=early", "hydra.sweeper.pruner='early'; allowed: none, median"),
-    ("model.unitz=int(interval(8,16))", "model.unitz"),
+    ("model.unitz=int(interval(8,16))", "model.unitz: no key 'unitz' in model (did you mean model.units?)"),
 ])
 def test_bad_search_space_fails_before_any_trial(tmp_path, override, message):
     out = tmp_path / "bad"
@@ -246,7 +246,8 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
     ("trainer.batch_size=0", "trainer.batch_size=0: use an integer >= 1"),
     ("optimizer.lr=0", "optimizer.lr=0.0: the learning rate must be a number > 0"),
     ("trainer.epochs=int(interval(0,3))", "trainer.epochs=0: use an integer >= 1"),
-    ("optimizer=choice(adam,nadam)", "Could not find 'optimizer/nadam'"),
+    ("optimizer=choice(adam,nadam)", "optimizer=nadam: no such option; allowed: adam, rmsprop, sgd (did you mean adam?) "
+                                     "(with optimizer=nadam)"),
     ("hydra.sweeper.storage=postgresql+psycopg2://me:hunter2pw@127.0.0.1:1/none",
      "hydra.sweeper.storage=postgresql+psycopg2://me:***@127.0.0.1:1/none"),
 ])

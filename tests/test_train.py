@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from conftest import ROOT, error_lines, run_cli
 
@@ -86,9 +87,16 @@ def test_bad_inputs_give_one_line_errors(tmp_path, data_dir):
         assert "Traceback" not in result.stderr
 
 
-def test_wrong_override_is_named(tmp_path):
-    result, _ = train(tmp_path, "model.unitz=3", expect=1)
-    assert "model.unitz" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("override, line", [
+    ("model.unitz=3", "error: model.unitz: no key 'unitz' in model (did you mean model.units?); its keys: units, layers,"),
+    ("trainer.epoch=3", "error: trainer.epoch: no key 'epoch' in trainer (did you mean trainer.epochs?); its keys: epochs,"),
+    ("optimizer=adamw", "error: optimizer=adamw: no such option; allowed: adam, rmsprop, sgd (did you mean adam?)"),
+    ("model.units=abc", "error: model.units: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("model.units=[1", "error: model.units=[1: no viable alternative at input '[1'"),
+])
+def test_a_wrong_override_is_one_line_with_the_closest_name(tmp_path, override, line):
+    result, _ = train(tmp_path, override, expect=2)
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(line), result.stderr
 
 
 def test_diverging_loss_fails_clearly_and_keeps_history(tmp_path, data_dir):

@@ -12,10 +12,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from src.cli import one_line_errors
 from src.schema import register
 from src.sweep import task
 
 register()  # the config groups' typed schemas, before Hydra composes
+one_line_errors()  # a mistyped key or option: one line with the closest name, not Hydra's report
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")

@@ -13,8 +13,9 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution
 
+from src.cli import composition_error
 from src.config import check as check_config
-from src.errors import UserError, first_line
+from src.errors import UserError
 from src.sweep import confirm
 from src.sweep.context import Sweep
 from src.sweep.runner import Runner
@@ -71,7 +72,7 @@ def validate(runner: Runner, space: SearchSpace, runner_confirms: bool = False) 
         try:
             cfg = runner.compose(params, resolve=False)
         except HydraException as e:
-            raise UserError(f"{first_line(e, typed=False)}{where}") from None
+            raise UserError(f"{composition_error(e)}{where}") from None
         try:
             if "trainer" in cfg:  # this project's training config (another Hydra app brings its own checks)
                 check_config(cfg)
