@@ -58,6 +58,8 @@ class SlurmCluster:
                          for p in sorted(self.base.glob("*.log")))
 
     def stop(self) -> None:
+        """Stop the daemons, then any job step they leave behind (slurmstepd and its processes outlive slurmd)."""
+        steps = _descendants([proc.pid for proc in self.processes])
         for proc in self.processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -67,6 +69,26 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for pid in steps:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _descendants(parents: list[int]) -> list[int]:
+    """Every process under `parents` (from /proc)."""
+    ppid = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], list(parents)
+    while frontier:
+        frontier = [pid for pid, parent in ppid.items() if parent in frontier]
+        found += frontier
+    return found
 
 
 def _free_ports(n: int) -> list[int]:

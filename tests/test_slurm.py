@@ -1,6 +1,7 @@
 """The sweep's workers as SLURM jobs (hydra/launcher=submitit_slurm) on a real single-node SLURM cluster started
-by the tests: 12 trials over 3 jobs on PostgreSQL, a job cancelled by the engine mid-trial, Ctrl-C of the command,
-and no password in any file the launcher, the jobs or the daemons' logs wrote."""
+by the tests: 12 trials over 3 jobs on PostgreSQL, a job cancelled by the engine mid-trial, a job warned of its
+preemption (--signal's USR2) and one requeued, Ctrl-C of the command, and no password in any file the launcher,
+the jobs or the daemons' logs wrote."""
 from __future__ import annotations
 
 import os
@@ -41,6 +42,50 @@ def test_twelve_trials_over_three_slurm_jobs_one_cancelled_mid_trial_on_postgres
     assert postgres.password not in stdout + stderr
     assert files_holding(postgres.password, [out, *slurm.base.glob("*.log")]) == []
     assert list(out.rglob("*.pkl")) and list(out.rglob("*.sh"))  # submitit's pickles and sbatch scripts were read
+
+
+def job_of(trial) -> str:
+    """The SLURM job (`<array job>_<task>`: submitit submits an array) whose worker runs `trial`."""
+    pid = trial.user_attrs["worker"].split("/")[-1]
+    env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+    return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+
+
+def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_runs_again(tmp_path, data_dir,
+                                                                                         postgres, slurm):
+    """SLURM's warning before a preemption or a time limit (`--signal=USR2@...`, sent here by `scancel --signal`)
+    makes the job's worker give back its trials itself, at once; a job the engine requeues (`scontrol requeue`)
+    is stopped, gives back its trials, and runs the worker loop again when SLURM restarts it. The study ends exact."""
+    out, url = tmp_path / "warned", postgres.new_database()
+    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=20", "hydra.sweeper.grace_period=600"],
+                 slurm.env)  # no dead-worker recovery within the test: every trial given back was given back by its job
+    warned = job_of(wait_running(url, "slurm")[0])
+    assert slurm.run("scancel", "--signal=USR2", warned).returncode == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not [t for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")]:
+        time.sleep(0.3)
+    given = {t.user_attrs["error"] for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")}
+    assert given and all("SIGUSR2" in e for e in given), given  # the job's worker said why, it was not found dead
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (others := [t for t in trials_of(url, "slurm") if t.state ==
+                                                           TrialState.RUNNING and t.params and job_of(t) != warned]):
+        time.sleep(0.3)
+    requeued = job_of(others[0])
+    assert slurm.run("scontrol", "requeue", requeued).returncode == 0
+    for _ in range(60):  # a requeued job waits ~2 minutes before it may start again: let it start now
+        if slurm.run("scontrol", "update", f"jobid={requeued}", "StartTime=now").returncode == 0:
+            break
+        time.sleep(0.5)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    trials = check_exact(out, url, "slurm", 12, stdout + stderr)
+    reasons = [t.user_attrs.get("error") for t in trials if t.state == TrialState.FAIL]
+    assert retried(trials) and all(t.user_attrs.get("interrupted") for t in trials if t.state == TrialState.FAIL)
+    assert any("SIGTERM" in r for r in reasons), reasons  # the requeue stopped its job's worker
+    deadline = time.monotonic() + 60
+    while slurm.jobs() and time.monotonic() < deadline:  # the requeued job, cancelled once no work is left
+        time.sleep(0.5)
+    assert slurm.jobs() == []
 
 
 def test_ctrl_c_cancels_the_slurm_jobs_and_gives_their_trials_back(tmp_path, data_dir, postgres, slurm):

@@ -255,6 +255,8 @@ class Launch:
             for attempt in range(self.sweep.settings.max_failures + 1):
                 self.round(launcher, n_workers, study, attempt)
                 if not work_left(self.sweep, study):
+                    if self.choice.startswith("submitit_slurm"):  # a job SLURM requeued after its worker returned
+                        cancel(self.choice, f"keras-sweep-{self.command}")
                     return
                 print(f"the jobs of hydra/launcher={self.choice} ended with work left (cancelled, killed or timed "
                       f"out?); launching {n_workers} more", file=sys.stderr, flush=True)
