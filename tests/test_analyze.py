@@ -120,6 +120,30 @@ def test_hand_written_csv_without_study_files(tmp_path):
     assert "boom" in (folder / "report.md").read_text()
 
 
+def test_log_axes_are_labelled_within_one_decade_and_at_each_choice(tmp_path):
+    """size.png's parameter counts within one decade get labels (matplotlib's default labels only powers of ten);
+    a choice of batch sizes spanning 4x or more is drawn on a log axis with a tick at each choice."""
+    from src.analyze import plots
+    from src.analyze.record import read
+
+    folder = write_csv(tmp_path / "axes", "number,state,value,trainer.batch_size,optimizer.lr,param_count\n"
+                       "0,COMPLETE,0.90,32,0.001,21000\n1,COMPLETE,0.93,64,0.002,34000\n"
+                       "2,COMPLETE,0.95,128,0.004,45000\n3,COMPLETE,0.94,256,0.003,58000\n")
+    (folder / "study.yaml").write_text(yaml.safe_dump({"objectives": {"val_accuracy": "maximize"}, "search_space": {
+        "trainer.batch_size": "choice(32, 64, 128, 256)", "optimizer.lr": "float in [0.001, 0.01]"}}))
+    record = read(folder)
+    assert record.log_scaled == {"trainer.batch_size"}
+    size = plots.size(record).axes[0]
+    size.figure.canvas.draw()
+    labels = [t.get_text() for t in size.get_xticklabels() if t.get_text()]
+    assert size.get_xscale() == "log" and {"20,000", "50,000"} <= set(labels), labels
+    axes = {ax.get_xlabel(): ax for ax in plots.parameters(record).axes}
+    batch, lr = axes["trainer.batch_size"], axes["optimizer.lr"]
+    batch.figure.canvas.draw()
+    assert batch.get_xscale() == "log" and [t.get_text() for t in batch.get_xticklabels()] == ["32", "64", "128", "256"]
+    assert lr.get_xscale() == "linear"
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no trials.csv there"),
     ("", "empty file"),

@@ -3,6 +3,7 @@ from its `SweepRecord`, each skipped when the data cannot make it (e.g. no trial
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -10,7 +11,7 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from src.analyze.contract import pareto_front  # noqa: E402
 from src.analyze.record import SweepRecord  # noqa: E402
@@ -71,10 +72,8 @@ def parameters(record: SweepRecord) -> plt.Figure | None:
         for label, group in groups:
             ax.scatter(group[param], group[value], s=20, label=label, alpha=0.8)
         if param in record.log_scaled:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            values = sorted(done[param].dropna().unique())
+            log_axis(ax.xaxis, values if len(values) <= 8 else None)  # a few choices: a tick at each
         else:
             ax.xaxis.set_major_locator(MaxNLocator(5, integer=pd.api.types.is_integer_dtype(done[param])))
         ax.set(xlabel=param, ylabel=record.objective)
@@ -87,6 +86,15 @@ def parameters(record: SweepRecord) -> plt.Figure | None:
     fig.suptitle(f"{record.objective} by parameter (complete trials)")
     fig.tight_layout()
     return fig
+
+
+def log_axis(axis: Any, ticks: list[float] | None = None) -> None:
+    """A log axis labelled in plain numbers at `ticks`, or at 1, 2 and 5 of each decade (matplotlib's default labels
+    only powers of ten, so a range within one decade, e.g. 20,000-60,000 parameters, had no label at all)."""
+    axis.axes.set_xscale("log")
+    axis.set_major_locator(FixedLocator(ticks) if ticks else LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1000 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def importance(record: SweepRecord) -> plt.Figure | None:
@@ -117,7 +125,7 @@ def size(record: SweepRecord) -> plt.Figure | None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.scatter(done["param_count"], done[value], s=22, color="tab:blue", alpha=0.7, label="complete trials")
     ax.step(front["param_count"], front[value], where="post", color="tab:orange", marker="o", label="Pareto front")
-    ax.set_xscale("log")
+    log_axis(ax.xaxis)
     ax.set(xlabel="trainable parameters", ylabel=record.objective, title=f"{record.objective} against model size")
     ax.legend()
     ax.grid(alpha=0.3)

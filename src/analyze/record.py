@@ -56,9 +56,16 @@ class SweepRecord:
 
     @cached_property
     def log_scaled(self) -> set[str]:
-        """Params searched on a log scale (study.yaml writes them `..., log`)."""
+        """Params searched on a log scale (study.yaml writes them `..., log`), and choices of positive numbers that
+        span 4x or more (`batch_size: choice(32, 64, 128, 256)` reads evenly on a log axis)."""
         space = self.study.get("search_space") or {}
-        return {p for p, d in space.items() if str(d).endswith(", log") or ", log," in str(d)}
+        logged = {p for p, d in space.items() if str(d).endswith(", log") or ", log," in str(d)}
+        for p, d in space.items():
+            if str(d).startswith("choice(") and p in self.trials:
+                values = pd.to_numeric(self.trials[p], errors="coerce").dropna()
+                if len(values) and values.min() > 0 and values.max() >= 4 * values.min():
+                    logged.add(p)
+        return logged
 
     @property
     def test(self) -> dict:
