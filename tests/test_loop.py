@@ -309,3 +309,23 @@ def test_failed_heartbeats_are_one_line_per_claim_and_the_beats_go_on(tmp_path, 
     assert warnings == ["warning: the study's storage took no heartbeat (OperationalError: database is locked); "
                         "trying again every beat"]
     assert len(claim.trials) == 3 and len(set(beats)) == 3 and len(beats) >= 6  # each beat again after failing
+
+
+def test_a_batchs_lines_count_and_rank_in_turn(capsys):
+    """A batch of 3 told together prints 1/3, 2/3, 3/3 done, each best among the lines printed so far (it printed
+    3/3 three times, and a best trial whose line had not come yet)."""
+    from src.sweep import progress
+
+    study = optuna.create_study(direction="maximize")
+    for x in (0.5, 0.9, 0.7):
+        trial = study.ask()
+        trial.set_user_attr("value", x)
+        study.tell(trial, x)
+    numbers = [0, 1, 2]
+    for i, n in enumerate(numbers):
+        progress.print_trial(study, n, 3, "value", datetime.now(), later=frozenset(numbers[i + 1:]))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" elapsed")[0].rsplit(" ", 1)[0] for line in lines] == [
+        "trial 0 COMPLETE value=0.5000 best=0.5000 (#0) 1/3 done",
+        "trial 1 COMPLETE value=0.9000 best=0.9000 (#1) 2/3 done",
+        "trial 2 COMPLETE value=0.7000 best=0.9000 (#1) 3/3 done"]

@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.sweep import results
 from src.sweep.budget import FINISHED, slots_used, uses_slot
-from src.sweep.study import best_trial
+from src.sweep.study import sign
 
 
 def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: Any, storage: str,
@@ -37,10 +37,11 @@ REWRITE = "\r\033[K"  # back to the line's start, erase it
 
 
 def print_trial(study: optuna.Study, number: int, budget: int, metric: str, started: datetime,
-                live: bool = False) -> None:
+                live: bool = False, later: frozenset[int] = frozenset()) -> None:
     """`trial 3 COMPLETE val_accuracy=0.9517 best=0.9583 (#1) 4/20 done 12s elapsed ~1m left` (3 is the
-    trial's number in the study; 4/20 counts the study's trials, every worker's)."""
-    trials = study.get_trials(deepcopy=False)
+    trial's number in the study; 4/20 counts the study's trials, every worker's). A batch prints its trials in
+    turn: each line counts and ranks as if the batch's `later` trials, whose lines follow, were not done yet."""
+    trials = [x for x in study.get_trials(deepcopy=False) if x.number not in later]
     t = next(x for x in trials if x.number == number)
     line = f"trial {number} {t.state.name}"
     value = t.user_attrs.get(metric)
@@ -50,7 +51,8 @@ def print_trial(study: optuna.Study, number: int, budget: int, metric: str, star
         line += f" at epoch {t.last_step}"
     if t.state == TrialState.FAIL:
         line += f" ({t.user_attrs.get('error')})"
-    best = best_trial(study)
+    complete = [x for x in trials if x.state == TrialState.COMPLETE and x.values]
+    best = max(complete, key=lambda x: (sign(study) * x.values[0], -x.number)) if complete else None
     if best is not None:
         line += f" best={best.values[0]:.4f} (#{best.number})"
     elapsed = (datetime.now() - started).total_seconds()

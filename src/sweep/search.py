@@ -59,6 +59,7 @@ class Search:
     def after(self, study: optuna.Study, trials: list[optuna.Trial], completed: bool) -> None:
         self.sweep.write_tables(study)
         if completed and not self.sweep.quiet:
-            for trial in trials:
+            numbers = [t.number for t in trials]
+            for i, trial in enumerate(trials):  # in turn, each counted as if the batch's next ones were not done
                 progress.print_trial(study, trial.number, self.sweep.budget, self.sweep.objectives[0],
-                                     self.sweep.started, self.sweep.runner.live)
+                                     self.sweep.started, self.sweep.runner.live, later=frozenset(numbers[i + 1:]))
