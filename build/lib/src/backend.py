@@ -1,0 +1,45 @@
+"""Choose Keras's backend (tensorflow, or jax as an extra) before Keras is first imported."""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from src.errors import UserError
+
+BACKENDS = ("tensorflow", "jax")
+
+
+def use_backend(name: str) -> None:
+    """Set KERAS_BACKEND for this process; a process that already runs Keras cannot switch."""
+    if name not in BACKENDS:
+        raise UserError(f"trainer.backend={name!r}; allowed: {', '.join(BACKENDS)}")
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != name:
+            raise UserError(f"trainer.backend={name}: this process already runs Keras on {current}; "
+                            f"one process (one sweep worker) uses one backend")
+        return
+    if name == "jax":
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            raise UserError("trainer.backend=jax needs JAX: pip install -e '.[jax]'") from None
+    os.environ["KERAS_BACKEND"] = name
+
+
+@contextmanager
+def quiet_native_start() -> Iterator[None]:
+    """Silence what native code writes to stderr during the block: TensorFlow's start-up lines (absl logs
+    written before its logging is set up, which TF_CPP_MIN_LOG_LEVEL does not reach). Python errors still
+    raise; what Python itself would print goes to the same place, so keep the block to an import."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

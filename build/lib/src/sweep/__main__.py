@@ -1,0 +1,44 @@
+"""`python -m src.sweep -m [sweep=NAME] [overrides]`: an Optuna search over the training config.
+
+The search is the `keras_optuna` Hydra sweeper (hydra_plugins/, engine in src/sweep/engine.py); each
+trial runs `src.sweep.task.run` on its composed config.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from src.cli import one_line_errors
+from src.schema import register
+from src.sweep import task
+
+register()  # the config groups' typed schemas, before Hydra composes
+one_line_errors()  # a mistyped key or option: one line with the closest name, not Hydra's report
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Train the trial's network; return all its metrics (the sweeper picks the objectives)."""
+    return task.run(cfg)
+
+
+def needs_multirun(argv: list[str]) -> bool:
+    """A search runs only in Hydra's multirun mode; without `-m` (and without a help or --cfg flag) Hydra
+    would train the default config once, which is never what `src.sweep` is asked for."""
+    multirun = any(a in ("-m", "--multirun") or a.startswith("hydra.mode=") for a in argv)
+    return not multirun and not any(a.startswith("-") for a in argv)
+
+
+if __name__ == "__main__":
+    if needs_multirun(sys.argv[1:]):
+        print("error: python -m src.sweep searches only with -m: python -m src.sweep -m [sweep=NAME] [overrides] "
+              "(to train one network: python -m src.train [overrides])", file=sys.stderr)
+        sys.exit(2)
+    try:
+        main()
+    finally:
+        gc.freeze()  # no collection over Hydra's, Optuna's and pandas's objects as Python exits

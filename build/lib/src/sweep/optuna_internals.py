@@ -1,0 +1,134 @@
+"""Adapter: every private Optuna API the sweeper uses, and why, in one file (an Optuna upgrade reads this one).
+
+Optuna's public API tells a live `Trial`; a worker must also act on trials it knows only by their stored
+record (give back a dead worker's trial, mark one interrupted), beat for trials it asked itself, and keep
+a journal storage's trials alive the way an RDB storage's are.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+
+def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, **attrs: Any) -> None:
+    """Set user attributes of a trial known by its frozen record (Optuna's public setter needs a live Trial)."""
+    for key, value in attrs.items():
+        study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def fail(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Set a running trial FAIL in the storage; False if another process finished it first (atomic)."""
+    return study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+
+def frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """The stored record of a live trial, as it is now."""
+    return study._storage.get_trial(trial._trial_id)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial,
+              on_failure: Callable[[Exception], None] | None = None) -> Iterator[None]:
+    """Beat for `trial` while the block runs (Optuna's own heartbeat thread, as `study.optimize` uses). With
+    `on_failure`, a beat the storage does not take is handed to it and the next beat tries again; Optuna's
+    thread would print a traceback and stop beating (one per trial: hundreds of lines when a server stops)."""
+    storage = study._storage if on_failure is None else _TryingBeats(study._storage, on_failure)
+    with get_heartbeat_thread(trial._trial_id, storage):
+        yield
+
+
+def storage_url(study: optuna.Study) -> str | None:
+    """The URL of an RDB storage (to mask its password in a message), else None."""
+    return getattr(getattr(study._storage, "_backend", study._storage), "url", None)
+
+
+class _TryingBeats(BaseHeartbeat):
+    """A storage's heartbeat whose failed beats go to `on_failure` instead of ending the beating thread."""
+
+    def __init__(self, storage: Any, on_failure: Callable[[Exception], None]) -> None:
+        self._storage, self._on_failure = storage, on_failure
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self._storage.record_heartbeat(trial_id)
+        except Exception as e:  # noqa: BLE001 - the storage down for a while: the next beat tries again
+            self._on_failure(e)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._storage._get_stale_trial_ids(study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._storage.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self._storage.get_heartbeat_stale_trial_callback()
+
+
+def has_heartbeat(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether any process has beaten for `trial` (a journal keeps beats as system attributes, an RDB storage
+    in a table of its own that only its session can read)."""
+    if "heartbeat" in trial.system_attrs:
+        return True
+    storage = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return False
+    from optuna.storages._rdb import models
+
+    with storage.scoped_session() as session:
+        return session.query(models.TrialHeartbeatModel).filter_by(trial_id=trial._trial_id).count() > 0
+
+
+def close(study: optuna.Study | BaseStorage) -> None:
+    """Drop the study's (or storage's) pooled connections, so that no socket is shared with a forked child."""
+    storage = getattr(study, "_storage", study)
+    storage = getattr(storage, "_backend", storage)  # RDB storages come wrapped in a cache
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+class JournalStorageWithHeartbeat(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with the heartbeat its RDB storage has (Optuna 5 has none for journals).
+
+    A beat is a trial system attribute holding the wall-clock time (one journal record per beat); a running
+    trial is stale when its last beat is older than the grace period (machines sharing a journal keep
+    their clocks in sync).
+    """
+
+    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int,
+                 callback: Any) -> None:
+        super().__init__(backend)
+        self._interval, self._grace, self._callback = heartbeat_interval, grace_period, callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed meanwhile: the runner says so
+            pass
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if "heartbeat" in t.system_attrs and now - t.system_attrs["heartbeat"] > self._grace]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self._callback
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's system attributes: the sweeper's own notes between processes (not shown by dashboards)."""
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)

@@ -1,0 +1,84 @@
+"""Before any study is touched: the search space parsed, the trial config composed at every choice and at
+both ends of every range and checked, and the `Sweep` every phase reads. The sweep command does this first;
+a launcher job does it again, from the same ingredients, before it runs the worker loop."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import HydraException
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import DictConfig
+from optuna.distributions import CategoricalDistribution
+
+from src.cli import composition_error
+from src.config import check as check_config
+from src.errors import UserError
+from src.sweep import confirm
+from src.sweep.context import Sweep
+from src.sweep.runner import Runner
+from src.sweep.samplers import grid_size
+from src.sweep.settings import SweeperSettings
+from src.sweep.space import SearchSpace, format_value, parse
+from src.sweep.storage import Storage, masking
+
+
+def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
+            config: DictConfig, arguments: list[str], folder: Path, storage: Storage) -> Sweep:
+    """The sweep's context, everything checked before the study is touched: the search space, every trial config.
+    Each launcher job makes it again from the same ingredients."""
+    space = parse(settings.params, arguments)
+    n_trials = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
+    runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder,
+                    masking(storage.url, settings.mlflow.tracking_uri),
+                    extend=get_method(settings.custom_search_space) if settings.custom_search_space else None,
+                    keep_models=settings.confirm.top_k > 0)
+    if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
+        print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
+    for note in settings.notes:
+        print(f"note: {note}", flush=True)
+    return Sweep(settings, space, settings.study_name or fresh_name(runner, folder), storage, folder, n_trials, runner,
+                 task_config=validate(runner, space, settings.confirm.top_k > 0), started=datetime.now())
+
+
+def fresh_name(runner: Runner, folder: Path) -> str:
+    """`study_name: null` means a fresh study per run (hydra-optuna-sweeper's meaning): named after the folder
+    Hydra made for this run (`conf/sweep.yaml`: <sweep>-<time>; another app's: <app>-<date>-<time>), so that
+    every job of the command finds the same study; printed, with how to resume it."""
+    if runner.own:
+        name, resume = folder.name, f"hydra.sweeper.study_name={folder.name}"
+    else:
+        name = f"{runner.config.hydra.job.name}-{folder.parent.name}-{folder.name}"
+        resume = f"hydra.sweeper.study_name={name} hydra.sweep.dir={folder}"
+    print(f"note: hydra.sweeper.study_name is null: a fresh study {name!r} (to resume it, rerun with {resume})",
+          flush=True)
+    return name
+
+
+def validate(runner: Runner, space: SearchSpace, runner_confirms: bool = False) -> DictConfig:
+    """Compose the trial config at every choice and at both ends of every range, and check each, so a bad
+    key or a value that can only fail stops the sweep before any trial. Returns one (for warm-up)."""
+    def ends(dist: Any) -> list[Any]:
+        return list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
+
+    base = {key: ends(dist)[0] for key, dist in space.distributions.items()}
+    samples = [({}, base)] + [({key: v}, {**base, key: v}) for key, dist in space.distributions.items()
+                              for v in ends(dist)[1:]]
+    first = None
+    for varied, params in samples:
+        where = f" (with {', '.join(f'{k}={format_value(v)}' for k, v in varied.items())})" if varied else ""
+        try:
+            cfg = runner.compose(params, resolve=False)
+        except HydraException as e:
+            raise UserError(f"{composition_error(e)}{where}") from None
+        try:
+            if "trainer" in cfg:  # this project's training config (another Hydra app brings its own checks)
+                check_config(cfg)
+            if runner_confirms:
+                confirm.check(cfg)
+        except UserError as e:
+            raise UserError(f"{e}{where}") from None
+        first = first if first is not None else cfg
+    return first

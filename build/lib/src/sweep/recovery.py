@@ -1,0 +1,71 @@
+"""Trials cut short (Ctrl-C, a signal, a dead worker, a trial asked past the budget): failed so that they no
+longer count, and their params queued again, at most MAX_RETRY times.
+
+Coordination is Optuna's own: a heartbeat thread marks a running trial alive, `fail_stale_trials` fails
+the ones whose worker stopped beating, and the retry callback (`queue_again`) queues their params again.
+Only the process whose FAIL lands queues the retry, so a trial is never queued twice.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from src.sweep.optuna_internals import fail, has_heartbeat, set_user_attrs
+
+MAX_RETRY = 3  # a trial cut short is queued again at most this often
+OWN_ATTRS = ("worker", "error", "interrupted")  # belong to one attempt, not to the params queued again
+
+
+def queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a cut-short trial's params as a new WAITING trial (Optuna's retry callback, at most MAX_RETRY
+    times), without its owner or last heartbeat: those belong to the attempt that ended."""
+    fresh = copy.deepcopy(trial)
+    fresh.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in OWN_ATTRS}
+    fresh.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != "heartbeat"}
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, fresh)
+
+
+def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool = True) -> bool:
+    """Fail a running trial whose run was cut short so that it no longer counts, then queue its params again.
+
+    Returns False when the trial had finished already (another worker or its own process got there first):
+    only the process whose FAIL lands queues the retry, as with Optuna's stale-trial check.
+    """
+    try:
+        set_user_attrs(study, trial, interrupted=True, error=reason)
+        if not fail(study, trial):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    if retry and (trial.params or "fixed_params" in trial.system_attrs):  # a queued trial cut short before it drew
+        queue_again(study, trial)
+    return True
+
+
+def give_back_owned(study: optuna.Study, owner: str, reason: str) -> list[int]:
+    """Give back the running trials of a worker process known to have ended; their numbers."""
+    mine = [t for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == owner]
+    return [t.number for t in mine if give_back(study, t, reason)]
+
+
+class Unclaimed:
+    """Running trials with neither an owner nor a heartbeat: their process died within milliseconds of
+    creating them. Given back once this process has seen one unclaimed for the grace period (timed by
+    this process's own clock, so no two machines' clocks are compared)."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.seen: dict[int, float] = {}
+
+    def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        now = time.monotonic()
+        unclaimed = {t.number: t for t in trials if t.state == TrialState.RUNNING and "worker" not in t.user_attrs}
+        self.seen = {n: self.seen.get(n, now) for n in unclaimed}
+        for number, since in self.seen.items():
+            if now - since > self.grace and not has_heartbeat(study, unclaimed[number]):
+                give_back(study, unclaimed[number], "its worker process died as it asked for the trial")

@@ -1,0 +1,45 @@
+"""What one worker does, wherever it runs (a local process today): warm up, drain the search, then its share
+of the confirmation runs, or, without confirmation, the best trial's one replay on the test set."""
+from __future__ import annotations
+
+import sys
+
+from hydra.utils import get_method
+
+from src.errors import UserError
+from src.sweep.batch_runner import BatchRunner
+from src.sweep.confirm import Confirmation
+from src.sweep.context import Sweep
+from src.sweep.loop import drain
+from src.sweep.processes import Exit
+from src.sweep.search import Search
+from src.sweep.storage import failure
+
+
+def work(sweep: Sweep, slot: int, owner: str) -> Exit:
+    """Returns DONE when the study has no trial left (slot 0 then replays the best trial on the test set), RETIRED
+    after `max_trials_per_worker` trials trained alone or batched groups (a fresh process takes over).
+    A storage fault leaves as a `UserError` naming its cause."""
+    try:
+        return _work(sweep, slot, owner)
+    except Exception as e:
+        reason = failure(e)
+        if reason is None:
+            raise
+        raise UserError(sweep.storage.mask(reason)) from None
+
+
+def _work(sweep: Sweep, slot: int, owner: str) -> Exit:
+    s = sweep.settings
+    if s.worker_init:
+        get_method(s.worker_init)(sweep.task_config)
+    study = sweep.open()
+    sweep.runner.live = s.n_workers == 1 and sys.stdout.isatty()
+    batcher = BatchRunner(sweep.runner, sweep.task_config) if s.batch_trials > 1 and "trainer" in sweep.task_config else None
+    if drain(study, Search(sweep, batcher), owner, s.grace, s.heartbeat_interval) == "retired":
+        return Exit.RETIRED
+    if s.confirm.top_k:  # the top k retrained with more seeds; the winner tested once per seed
+        Confirmation(sweep).work(owner, batcher)
+    elif slot == 0:  # retirement happens only for a trial to run: the replay needs no fresh process
+        sweep.runner.test_best(study, list(s.test_overrides))
+    return Exit.DONE
