@@ -1,6 +1,7 @@
 """The stop signals of a worker process: held around a storage step, whichever thread the kernel hands them to."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -36,3 +37,30 @@ def test_a_signal_another_thread_receives_waits_for_the_end_of_the_held_block():
         done.set()
         other.join()
         restore_signals(previous)
+
+
+def test_a_stop_the_interrupted_library_turned_into_another_error_is_never_told_as_a_failed_trial():
+    """CI, 2026-12-06: a SLURM job cancelled mid-epoch; TensorFlow's nest_util turned the handler's `Stopped` into
+    SystemError, then AssertionError, and the trial was told FAIL (counted) instead of given back."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from src.sweep.outcome import TrialOutcome, tell
+
+    study = optuna.create_study()
+    trial = study.ask()
+    previous = raise_on_signals(once=True)
+    try:
+        try:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise AssertionError from None  # what the library made of it
+        except AssertionError as e:
+            outcome = TrialOutcome.failed(e)
+        with pytest.raises(Stopped, match="interrupted by SIGTERM"):
+            tell(study, trial, outcome, ["value"], "nowhere")
+    finally:
+        restore_signals(previous)
+    assert study.trials[0].state == TrialState.RUNNING  # not FAIL: the claim gives it back, not counted

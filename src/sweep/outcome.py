@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.errors import UserError, first_line
 from src.sweep.optuna_internals import frozen
-from src.sweep.processes import signals_held
+from src.sweep.processes import signals_held, stop_received
 from src.sweep.recovery import give_back
 
 RESERVED = ("worker", "error", "interrupted", "run_dir")  # the sweeper's own user attributes
@@ -89,7 +89,11 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, object
     would leave SQLite locked): its folder, one user attribute per plain metric (optuna-dashboard sorts and
     filters by them), then COMPLETE with the objectives' values, PRUNED, or FAIL with the error. Returns the
     told trial, or None when another worker failed it meanwhile (its heartbeat stopped for the grace period).
-    A fatal outcome is given back instead (not counted; queued again if `retry`) and raised as a `UserError`."""
+    A fatal outcome is given back instead (not counted; queued again if `retry`) and raised as a `UserError`; an
+    error while a stop signal came is the stop's, raised as such (the claim gives the trial back)."""
+    stop = stop_received()
+    if outcome.error is not None and stop is not None:
+        raise stop
     if outcome.fatal:
         give_back(study, frozen(study, trial), str(outcome.error), retry=outcome.retry)
         raise UserError(str(outcome.error))

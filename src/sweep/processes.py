@@ -56,11 +56,17 @@ class Stopped(KeyboardInterrupt):
 Handlers = dict[int, Any]
 
 
+# The stop signals this process received since `raise_on_signals`: signals belong to the process, not to a layer.
+_RECEIVED: list[int] = []
+
+
 def raise_on_signals(once: bool) -> Handlers:
     """Turn the stop signals into `Stopped`; with `once`, later ones are ignored so that the clean-up (giving the
     trial back) is not cut short. Returns the handlers they replace (for `restore_signals`)."""
+    _RECEIVED.clear()
 
     def handler(signum: int, frame: Any) -> None:
+        _RECEIVED.append(signum)
         if once:
             _ignore_signals()
         raise Stopped(signum)
@@ -122,6 +128,13 @@ def _deliver(handler: Any, signum: int) -> None:
         handler(signum, None)
     elif handler == signal.SIG_DFL:
         os.kill(os.getpid(), signum)
+
+
+def stop_received() -> Stopped | None:
+    """The stop a signal asked for, if one came: the library a `Stopped` cut may have turned it into another error
+    (TensorFlow did: SystemError, then AssertionError, in a SLURM job cancelled mid-epoch), which must not be told
+    as the trial's failure."""
+    return Stopped(_RECEIVED[0]) if _RECEIVED else None
 
 
 def restore_signals(previous: Handlers | None = None) -> None:
