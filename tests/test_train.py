@@ -147,9 +147,8 @@ def test_unknown_keys_and_wrong_types_are_refused(tmp_path):
     result, _ = train(tmp_path, "+model.unit=32", name="plus", expect=2)  # Hydra appends it; the schema check refuses
     assert error_lines(result) == ["error: model.unit is not a model setting; allowed: units, layers, widths, activation, "
                                    "dropout, input_dropout, batch_norm"]
-    result, _ = train(tmp_path, "trainer.epochs=abc", name="type", expect=1)  # refused by Hydra when composing
-    assert "Value 'abc' of type 'str' could not be converted to Integer" in result.stderr
-    assert "full_key: trainer.epochs" in result.stderr and "Traceback" not in result.stderr
+    result, _ = train(tmp_path, "trainer.epochs=abc", name="type", expect=2)  # refused by Hydra when composing
+    assert result.stderr == "error: trainer.epochs: Value 'abc' of type 'str' could not be converted to Integer\n"
 
 
 def test_a_users_model_by_target(tmp_path, data_dir):
