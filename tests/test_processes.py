@@ -64,3 +64,5 @@ def test_a_stop_the_interrupted_library_turned_into_another_error_is_never_told_
     finally:
         restore_signals(previous)
     assert study.trials[0].state == TrialState.RUNNING  # not FAIL: the claim gives it back, not counted
+    later = study.ask()  # once the handlers are restored the stop is handled: a later failure is told as one
+    assert tell(study, later, TrialOutcome.failed(ValueError("boom")), ["value"], "nowhere").state == TrialState.FAIL

@@ -56,7 +56,8 @@ class Stopped(KeyboardInterrupt):
 Handlers = dict[int, Any]
 
 
-# The stop signals this process received since `raise_on_signals`: signals belong to the process, not to a layer.
+# The stop signals this process received from `raise_on_signals` to `restore_signals`: signals belong to the
+# process, not to a layer.
 _RECEIVED: list[int] = []
 
 
@@ -139,7 +140,8 @@ def stop_received() -> Stopped | None:
 
 def restore_signals(previous: Handlers | None = None) -> None:
     """The handlers `raise_on_signals` replaced, or Python's own (Ctrl-C raises KeyboardInterrupt, the others
-    end the process)."""
+    end the process); the stops received so far are handled, and forgotten."""
+    _RECEIVED.clear()
     for s in SIGNALS:
         default = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
         handler = (previous or {}).get(s, default)
