@@ -2,7 +2,8 @@
 
 A sweeper plugin runs its jobs through `hydra.core.utils.run_job` as Hydra's own launchers do; reading what
 the task returned, and setting plain values on a composed config the way Hydra's loader does, have no
-public API in Hydra 1.3.
+public API in Hydra 1.3. One more lives with the entry points, which run before any sweep: `src/cli.py` wraps
+`hydra._internal.utils.run_and_report` to print composition errors in one line.
 """
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def validate(runner: Runner, space: SearchSpace, runner_confirms: bool = False) 
         except HydraException as e:
             raise UserError(f"{composition_error(e)}{where}") from None
         try:
-            if "trainer" in cfg:  # this project's training config (another Hydra app brings its own checks)
+            if runner.own:  # this project's training config (another Hydra app brings its own checks)
                 check_config(cfg)
             if runner_confirms:
                 confirm.check(cfg)
