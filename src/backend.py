@@ -6,7 +6,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from src.errors import UserError
+from .errors import UserError
 
 BACKENDS = ("tensorflow", "jax")
 

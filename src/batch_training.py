@@ -48,7 +48,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
 
-from src.backend import quiet_native_start  # noqa: E402
+from .backend import quiet_native_start  # noqa: E402
 
 with quiet_native_start():  # and its start-up banner, once per process
     import keras  # noqa: E402
@@ -57,11 +57,11 @@ import pandas as pd  # noqa: E402
 from keras import ops  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from src.config import check as check_config  # noqa: E402
-from src.data import Splits, check_classes, load  # noqa: E402
-from src.errors import UserError  # noqa: E402
-from src.metrics import diverged, history_table, run_metrics, stamp  # noqa: E402
-from src.model import dense_net, hidden_widths  # noqa: E402
+from .config import check as check_config  # noqa: E402
+from .data import Splits, check_classes, load  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .metrics import diverged, history_table, run_metrics, stamp  # noqa: E402
+from .model import dense_net, hidden_widths  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ def replay(cfg: DictConfig, out_dir: Any) -> dict[str, Any]:
     metrics. Writes what `src.training.run` writes (history.csv, metrics.json, model.keras when asked)."""
     from pathlib import Path
 
-    from src.files import write_csv, write_json
+    from .files import write_csv, write_json
 
     check_config(cfg)
     program, xla = parse_program(cfg.trainer.program, cfg)

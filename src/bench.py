@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import CONFIG_DIR, PACKAGE
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ["data.n_train=null", "model.units=10", "model.layers=2", "model.activation=relu", "optimizer=adam",
              "optimizer.lr=0.001", "trainer.batch_size=32", "trainer.epochs=10", "trainer.verbose=0",
@@ -42,15 +44,15 @@ def reference_trials(repeats: int, backend: str, extra: list[str]) -> dict:
     """The reference trial through src.training, `repeats` times in this process (data read once, first)."""
     from hydra import compose, initialize_config_dir
 
-    from src.backend import use_backend
-    from src.schema import register
+    from .backend import use_backend
+    from .schema import register
 
     register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", REFERENCE + [f"trainer.backend={backend}"] + extra)
     use_backend(backend)
-    from src import training
-    from src.data import load
+    from . import training
+    from .data import load
 
     load(cfg.data)  # read once, before timing: file reading is not part of a trial
     times, accs = [], []
@@ -79,7 +81,7 @@ def peer(script: Path, repeats: int) -> dict | None:
 def sweep(folder: Path, overrides: list[str]) -> dict:
     """A sweep in a subprocess; trials per minute from its trials.csv (first start to last end) and wall time."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}", *overrides], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", f"{PACKAGE}.sweep", "-m", f"hydra.sweep.dir={folder}", *overrides], cwd=ROOT,
                    check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     trials = pd.read_csv(folder / "trials.csv", parse_dates=["datetime_start", "datetime_complete"])
@@ -119,7 +121,7 @@ def scale_out_rounds(tmp: Path, rounds: int, backend: str) -> list[dict]:
             folder = tmp / f"scale{r}-{workers}"
             cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:workers])
             start = time.perf_counter()
-            subprocess.run(["taskset", "-c", cores, sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}",
+            subprocess.run(["taskset", "-c", cores, sys.executable, "-m", f"{PACKAGE}.sweep", "-m", f"hydra.sweep.dir={folder}",
                             f"hydra.sweeper.n_workers={workers}", f"trainer.backend={backend}"],
                            cwd=ROOT, check=True, capture_output=True, text=True)
             best = yaml_load(folder / "best.yaml")
@@ -150,7 +152,7 @@ def sweep_s_rounds(tmp: Path, rounds: int, backend: str, peer_dir: Path) -> list
             folder = tmp / f"s{r}-{who}"
             start = time.perf_counter()
             if who == "project":
-                subprocess.run([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}", *SWEEP_S,
+                subprocess.run([sys.executable, "-m", f"{PACKAGE}.sweep", "-m", f"hydra.sweep.dir={folder}", *SWEEP_S,
                                 f"trainer.backend={backend}"], cwd=ROOT, check=True, capture_output=True, text=True)
             else:
                 subprocess.run([sys.executable, script.name, "--out", str(folder)], cwd=script.parent, check=True,
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("FASHION_MNIST_DIR", str(ROOT.parent / "shared" / "datasets" / "fashion-mnist"))
     if args.results:
-        from src.bench_results import table
-        from src.errors import UserError, exit_with
+        from .bench_results import table
+        from .errors import UserError, exit_with
 
         try:
             print(table(args.results.split(",")))
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows["sweep S: best val_accuracy, project / plain (round 1)"] = [s[0]["project"]["best"], s[0]["plain"]["best"]]
             if args.default_sweep:
                 start = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={Path(tmp) / 'default'}",
+                subprocess.run([sys.executable, "-m", f"{PACKAGE}.sweep", "-m", f"hydra.sweep.dir={Path(tmp) / 'default'}",
                                 f"trainer.backend={args.backend}"], cwd=ROOT, check=True, capture_output=True, text=True)
                 board = yaml_load(Path(tmp) / "default" / "best.yaml")
                 rows["default sweep (40 trials + confirmation): wall s"] = round(time.perf_counter() - start, 1)

@@ -13,28 +13,30 @@ from pathlib import Path
 
 import yaml
 
-from src.errors import UserError
+from . import PACKAGE, command
+from .errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-# Row name -> (what it is, the command as the README writes it, after `python -m`).
+# Row name -> (what it is, the command and its arguments as the README writes them).
 ROWS = {
-    "lesson": ("the lesson", ["src.train"]),
-    "quick": ("3 classes, quick", ["src.sweep", "-m", "sweep=quick"]),
-    "default": ("3 classes", ["src.sweep", "-m"]),
-    "fashion10": ("10 classes", ["src.sweep", "-m", "sweep=fashion10"]),
+    "lesson": ("the lesson", ["train"]),
+    "quick": ("3 classes, quick", ["sweep", "-m", "sweep=quick"]),
+    "default": ("3 classes", ["sweep", "-m"]),
+    "fashion10": ("10 classes", ["sweep", "-m", "sweep=fashion10"]),
 }
 
 
 def measure(name: str, folder: Path) -> dict[str, str]:
     """Run one row's command whole, its outputs under `folder`; its cells of the table."""
-    what, command = ROWS[name]
+    what, (program, *args) = ROWS[name]
     out = folder / name
-    where = f"hydra.run.dir={out}" if command[0] == "src.train" else f"hydra.sweep.dir={out}"
+    where = f"hydra.run.dir={out}" if program == "train" else f"hydra.sweep.dir={out}"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", *command, where], cwd=ROOT, check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, "-m", f"{PACKAGE}.{program}", *args, where], cwd=ROOT, check=True, capture_output=True,
+                   text=True)
     seconds = time.perf_counter() - start
-    row = {"run": what, "command": f"`python -m {' '.join(command)}`", "wall time": _duration(seconds)}
-    if command[0] == "src.train":
+    row = {"run": what, "command": f"`{' '.join([command(program), *args])}`", "wall time": _duration(seconds)}
+    if program == "train":
         metrics = yaml.safe_load((out / "metrics.json").read_text())  # JSON is YAML
         row["winner, val accuracy"] = f"{metrics['val_accuracy']:.3f} ({metrics['n_val']} images)"
         row["test accuracy"] = f"{metrics['test_accuracy']:.3f}"
@@ -63,7 +65,7 @@ def table(names: list[str]) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     header = list(rows[0])
     lines = [f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at the end, "
-             f"commit {commit.strip() or '?'}, `python -m src.bench --results {','.join(names)}`:", "",
+             f"commit {commit.strip() or '?'}, `{command('bench')} --results {','.join(names)}`:", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
     return "\n".join(lines)

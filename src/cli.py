@@ -1,15 +1,35 @@
-"""What the entry points share: Hydra's composition errors (a mistyped key, a missing config option, a value of
-the wrong type, an override that does not parse) as one `error:` line naming the bad value, what is allowed and
-the closest name, instead of Hydra's multi-line report."""
+"""What the entry points share: the installed package's `keras-sweep` command, and Hydra's composition errors
+(a mistyped key, a missing config option, a value of the wrong type, an override that does not parse) as one
+`error:` line naming the bad value, what is allowed and the closest name, instead of Hydra's multi-line report."""
 from __future__ import annotations
 
 import difflib
 import os
+import runpy
 import sys
 from typing import Any, Callable
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from . import PACKAGE
+
+COMMANDS = {"train": "train one network", "sweep": "run a sweep (with -m)", "analyze": "analyse sweep folders",
+            "bench": "measure speed"}
+
+
+def main() -> None:
+    """`keras-sweep COMMAND [args]`, the installed package's console script: runs `python -m keras_sweep.COMMAND
+    [args]` in this process, as Python's -m does (runpy)."""
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        asked = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] not in ("-h", "--help") else None
+        given = f"{asked}: no such command{_closest(asked, list(COMMANDS))}; " if asked else ""
+        print(f"usage: keras-sweep COMMAND [args]; {given}commands: "
+              + "; ".join(f"{name} ({what})" for name, what in COMMANDS.items()), file=sys.stderr)
+        sys.exit(0 if given == "" and len(sys.argv) > 1 else 2)
+    name = sys.argv.pop(1)
+    sys.argv[0] = f"keras-sweep {name}"
+    runpy.run_module(f"{PACKAGE}.{name}", run_name="__main__", alter_sys=True)
 
 
 def one_line_errors() -> None:

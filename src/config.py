@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from src.backend import BACKENDS
-from src.data import check_classes
-from src.errors import UserError
-from src.schema import check_keys
+from .backend import BACKENDS
+from .data import check_classes
+from .errors import UserError
+from .schema import check_keys
 
 LR_SCHEDULES = ("constant", "cosine")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from src.errors import UserError
+from .errors import UserError
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

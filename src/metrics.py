@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from src.errors import UserError
+from .errors import UserError
 
 # metrics.json's keys, in order (other val_<metric> columns and `error: diverged` may follow).
 RUN_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy", "train_loss",

@@ -5,7 +5,7 @@ from typing import Any
 
 import keras
 
-from src.errors import UserError
+from .errors import UserError
 
 # Every Keras optimizer by its lower-case class name: adam, adamw, nadam, sgd, rmsprop, lion, ...
 OPTIMIZERS = {name.lower(): cls for name, cls in vars(keras.optimizers).items()

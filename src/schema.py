@@ -9,7 +9,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from src.errors import UserError
+from .errors import UserError
 
 
 @dataclass

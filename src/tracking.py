@@ -16,8 +16,8 @@ from typing import Any
 import keras
 from omegaconf import OmegaConf
 
-from src.backend import quiet_native_start
-from src.errors import UserError
+from .backend import quiet_native_start
+from .errors import UserError
 
 LOG_DIR = "tensorboard"  # in the run's folder: train/ and validation/ (Keras's), and the HParams summary
 HPARAM_GROUPS = ("data", "model", "optimizer", "trainer")

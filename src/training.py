@@ -14,17 +14,17 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
 
-from src.backend import quiet_native_start  # noqa: E402
+from .backend import quiet_native_start  # noqa: E402
 
 with quiet_native_start():  # and its start-up banner, once per process
     import keras  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from src.config import check as check_config  # noqa: E402
-from src.data import check_classes, load  # noqa: E402
-from src.model import build_loss, build_metrics, build_model, build_optimizer  # noqa: E402
-from src.files import write_csv, write_json  # noqa: E402
-from src.metrics import diverged, history_table, run_metrics, stamp  # noqa: E402
+from .config import check as check_config  # noqa: E402
+from .data import check_classes, load  # noqa: E402
+from .model import build_loss, build_metrics, build_model, build_optimizer  # noqa: E402
+from .files import write_csv, write_json  # noqa: E402
+from .metrics import diverged, history_table, run_metrics, stamp  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     """Train the network `cfg` describes, write `history.csv` and `metrics.json` to `out_dir`, return the metrics.
     With `trainer.program` (a batched sweep trial's replay line sets it), train it in that batched program."""
     if cfg.trainer.get("program"):
-        from src.batch_training import replay
+        from .batch_training import replay
 
         return replay(cfg, out_dir)
     start = time.perf_counter()
@@ -56,7 +56,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(),
                                                  _Validate(scorer, data.x_val, data.y_val)]
     if cfg.trainer.get("tensorboard"):  # after _Validate: val_* reach the event files
-        from src.tracking import tensorboard_callbacks
+        from .tracking import tensorboard_callbacks
         callbacks += tensorboard_callbacks(cfg, out_dir)
     callbacks += [instantiate(block) for block in cfg.trainer.get("callbacks") or []]  # e.g. EarlyStopping
     if on_epoch is not None:

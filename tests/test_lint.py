@@ -38,13 +38,24 @@ def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path, name in names.items():
         graph[name] = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in _module_level(ast.parse(path.read_text()).body):
             if isinstance(node, ast.Import):
                 graph[name] |= {a.name for a in node.names if a.name in modules}
-            elif isinstance(node, ast.ImportFrom) and node.module in modules:
-                sub = {f"{node.module}.{a.name}" for a in node.names} & modules  # `from src.sweep import study`
-                graph[name] |= sub or {node.module}
+            elif isinstance(node, ast.ImportFrom):
+                module = _absolute(node, package)
+                if module in modules:
+                    sub = {f"{module}.{a.name}" for a in node.names} & modules  # `from . import study`
+                    graph[name] |= sub or {module}
     return graph
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module an import names: `from ..errors import X` in src.sweep.* is src.errors."""
+    if not node.level:
+        return node.module or ""
+    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+    return f"{base}.{node.module}" if node.module else base
 
 
 def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -84,7 +95,7 @@ def test_a_circle_through_a_type_checking_import_is_caught(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "a.py").write_text("from pkg.b import B\n")
+    (package / "a.py").write_text("from .b import B\n")   # relative, as the project's modules import
     (package / "b.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from pkg.a import A\n\n"
                                   "class B:\n    def f(self) -> None:\n        from pkg.a import late  # lazy: no edge\n")
     assert find_circle(import_graph(tmp_path, ("pkg",))) == ["pkg.a", "pkg.b", "pkg.a"]

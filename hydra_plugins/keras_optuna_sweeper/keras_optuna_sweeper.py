@@ -1,7 +1,7 @@
 """The Hydra sweeper plugin `keras_optuna`: registers the settings schema and the `Sweeper` Hydra instantiates.
 
 Hydra imports every module under `hydra_plugins` at start-up, so this one stays light: Optuna and the
-engine (`src.sweep.engine`) load only when a sweep runs.
+engine (`src/sweep/engine.py`) load only when a sweep runs.
 """
 
 import importlib.machinery
@@ -16,7 +16,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from src.sweep.settings import SAMPLER_OPTIONS, SweeperSettings, sampler_option
+from . import ours
+
+_settings = ours("sweep.settings")
+SAMPLER_OPTIONS, SweeperSettings, sampler_option = _settings.SAMPLER_OPTIONS, _settings.SweeperSettings, _settings.sampler_option
 
 ConfigStore.instance().store(group="hydra/sweeper", name="keras_optuna", node=SweeperSettings,
                              provider="keras_optuna_sweeper")
@@ -39,14 +42,12 @@ class KerasOptunaSweeper(Sweeper):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def sweep(self, arguments: List[str]) -> None:
-        from src.errors import UserError, exit_with
-        from src.sweep import engine
-
+        errors, engine = ours("errors"), ours("sweep.engine")
         try:
             engine.run(SweeperSettings(**self.raw), self.hydra_context, self.task_function, self.config, arguments)
-        except UserError as e:
+        except errors.UserError as e:
             _remove_if_empty(Path(self.config.hydra.sweep.dir))
-            exit_with(e)
+            errors.exit_with(e)
 
 
 def _remove_if_empty(folder: Path) -> None:

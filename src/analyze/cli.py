@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.analyze.record import read_all
-from src.analyze.tables import summary
-from src.errors import UserError, exit_with
+from .record import read_all
+from .tables import summary
+from ..errors import UserError, exit_with
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--by {args.by}: no such column; parameters: {', '.join(params)}")
         print(summary(records, args.top, args.by, args.format))
         if args.plots or args.report:
-            from src.analyze import plots, report
+            from . import plots, report
 
             for record in records:
                 written = plots.write_all(record)

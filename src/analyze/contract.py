@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from src.metrics import RUN_METRICS, SETUP
+from ..metrics import RUN_METRICS, SETUP
 
 # trials.csv, in this order: number, state, the objective (`value`, or `value_<metric>` per objective and a
 # `pareto` flag), every param, the training metrics, then the bookkeeping columns.

@@ -13,9 +13,9 @@ import pandas as pd  # noqa: E402
 
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from src.analyze.contract import pareto_front  # noqa: E402
-from src.analyze.record import SweepRecord  # noqa: E402
-from src.analyze.tables import top_trials  # noqa: E402
+from .contract import pareto_front  # noqa: E402
+from .record import SweepRecord  # noqa: E402
+from .tables import top_trials  # noqa: E402
 
 STATE_COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:gray", "FAIL": "tab:red"}
 

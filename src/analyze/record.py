@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from src.analyze.contract import param_columns, value_column
-from src.errors import UserError
+from .contract import param_columns, value_column
+from ..errors import UserError
 
 REQUIRED = ("number", "state")
 

@@ -13,9 +13,9 @@ from typing import Union
 import pandas as pd
 import yaml
 
-from src.analyze.record import SweepRecord
-from src.analyze.tables import cell, effects, flag_gaps, markdown, noise, seed_noise, state_counts, top_trials
-from src.files import write_text
+from .record import SweepRecord
+from .tables import cell, effects, flag_gaps, markdown, noise, seed_noise, state_counts, top_trials
+from ..files import write_text
 
 Block = Union[str, pd.DataFrame, Path, tuple]  # text (with `code` spans), table, image, ("code", text)
 ALT = {"history": "the objective of every trial in order, and the best so far",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from src.analyze.contract import STATES, params_summary, rank
-from src.analyze.record import SweepRecord
+from .contract import STATES, params_summary, rank
+from .record import SweepRecord
 
 
 def top_trials(record: SweepRecord, n: int, trials: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -12,15 +12,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from src.cli import one_line_errors
-from src.schema import register
-from src.sweep import task
+from .. import CONFIG_DIR, command
+from ..cli import one_line_errors
+from ..schema import register
+from . import task
 
 register()  # the config groups' typed schemas, before Hydra composes
 one_line_errors()  # a mistyped key or option: one line with the closest name, not Hydra's report
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sweep")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Train the trial's network; return all its metrics (the sweeper picks the objectives)."""
     return task.run(cfg)
@@ -35,8 +36,8 @@ def needs_multirun(argv: list[str]) -> bool:
 
 if __name__ == "__main__":
     if needs_multirun(sys.argv[1:]):
-        print("error: python -m src.sweep searches only with -m: python -m src.sweep -m [sweep=NAME] [overrides] "
-              "(to train one network: python -m src.train [overrides])", file=sys.stderr)
+        print(f"error: {command('sweep')} searches only with -m: {command('sweep')} -m [sweep=NAME] [overrides] "
+              f"(to train one network: {command('train')} [overrides])", file=sys.stderr)
         sys.exit(2)
     try:
         main()

@@ -14,13 +14,13 @@ from typing import Any, Callable
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from src.backend import use_backend
-from src.errors import UserError
-from src.files import write_csv, write_json, write_text
-from src.metrics import diverged
-from src.sweep.outcome import TrialOutcome
-from src.sweep.pruning import PruningHook
-from src.sweep.runner import Runner, task_config
+from ..backend import use_backend
+from ..errors import UserError
+from ..files import write_csv, write_json, write_text
+from ..metrics import diverged
+from .outcome import TrialOutcome
+from .pruning import PruningHook
+from .runner import Runner, task_config
 
 Member = tuple[int, DictConfig, DictConfig]  # the job's index, its Hydra job config, its task config
 Told = Callable[[int, TrialOutcome], None]  # (job index, what it came to): tell the study
@@ -32,7 +32,7 @@ class BatchRunner:
 
     def __init__(self, runner: Runner, task_config: DictConfig) -> None:
         use_backend(task_config.trainer.backend)  # before Keras loads, as the task would
-        from src.batch_training import BatchTrainer  # Keras: the worker's warm-up has usually loaded it
+        from ..batch_training import BatchTrainer  # Keras: the worker's warm-up has usually loaded it
 
         self.runner, self.trainer, self.noted = runner, BatchTrainer(), False
 
@@ -56,8 +56,8 @@ class BatchRunner:
         reporting its epochs to its hook; `told(i, outcome)` as each ends. A job the batched path cannot
         express runs alone as a Hydra job, with a note. Returns what counts towards `max_trials_per_worker`:
         each job trained alone (it builds its own Keras model) and each group (one program for them all)."""
-        from src.batch_training import group_key
-        from src.config import check
+        from ..batch_training import group_key
+        from ..config import check
 
         batchable: list[Member] = []
         alone = 0

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import Container, DictConfig, OmegaConf
 
-from src.sweep.hydra_internals import apply_overrides, overrides_dirname
+from .hydra_internals import apply_overrides, overrides_dirname
 
 _ABSENT = object()
 

@@ -21,20 +21,20 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from src.errors import UserError
-from src.files import write_csv
-from src.sweep import budget, progress, task
-from src.sweep.budget import Step
-from src.sweep.context import Sweep
-from src.sweep.loop import drain
-from src.sweep.optuna_internals import close, frozen
-from src.sweep.outcome import TrialOutcome, tell
-from src.sweep.processes import COMMAND_STOPPED, Stopped
-from src.sweep.runner import SAVE_MODEL, task_config
-from src.sweep.study import sign
+from ..errors import UserError
+from ..files import write_csv
+from . import budget, progress, task
+from .budget import Step
+from .context import Sweep
+from .loop import drain
+from .optuna_internals import close, frozen
+from .outcome import TrialOutcome, tell
+from .processes import COMMAND_STOPPED, Stopped
+from .runner import SAVE_MODEL, task_config
+from .study import sign
 
 if TYPE_CHECKING:
-    from src.sweep.batch_runner import BatchRunner
+    from .batch_runner import BatchRunner
 
 SEED_KEYS = ("trainer.seed=", "data.seed=")
 SCORING_ONLY = {"trainer.test", "trainer.save_model", "trainer.verbose", "trainer.eval_batch_size"}  # test overrides

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 import optuna
 from omegaconf import DictConfig
 
-from src.sweep import results
-from src.sweep.pruning import make_pruner
-from src.sweep.samplers import make_sampler
-from src.sweep.settings import SweeperSettings
-from src.sweep.space import SearchSpace
-from src.sweep.storage import Storage
-from src.sweep.study import open_study
+from . import results
+from .pruning import make_pruner
+from .samplers import make_sampler
+from .settings import SweeperSettings
+from .space import SearchSpace
+from .storage import Storage
+from .study import open_study
 
 if TYPE_CHECKING:
-    from src.sweep.runner import Runner
+    from .runner import Runner
 
 
 @dataclass

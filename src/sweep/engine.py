@@ -19,18 +19,18 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 from sqlalchemy.exc import SQLAlchemyError
 
-from src.errors import UserError, first_line
-from src.sweep import budget, confirm, gpus, processes, progress, results, tracking
-from src.sweep.context import Sweep
-from src.sweep.launch import Launch, check_shareable
-from src.sweep.optuna_internals import close
-from src.sweep.recovery import give_back_owned
-from src.sweep.settings import SweeperSettings
-from src.sweep.space import describe
-from src.sweep.storage import Storage, StorageGone, failure
-from src.sweep.study import best_test, best_trial, check_space
-from src.sweep.prepare import prepare
-from src.sweep.worker import work
+from ..errors import UserError, first_line
+from . import budget, confirm, gpus, processes, progress, results, tracking
+from .context import Sweep
+from .launch import Launch, check_shareable
+from .optuna_internals import close
+from .recovery import give_back_owned
+from .settings import SweeperSettings
+from .space import describe
+from .storage import Storage, StorageGone, failure
+from .study import best_test, best_trial, check_space
+from .prepare import prepare
+from .worker import work
 
 
 def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,

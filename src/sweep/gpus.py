@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from src.errors import UserError
+from ..errors import UserError
 
 # Grow GPU memory as needed: two workers' frameworks would otherwise each try to take a whole device.
 MEMORY_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}

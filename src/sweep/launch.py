@@ -39,19 +39,19 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
-from src.errors import UserError, first_line
-from src.sweep import budget, gpus, progress, tracking
-from src.sweep.confirm import Confirmation
-from src.sweep.context import Sweep
-from src.sweep.hydra_internals import returned
-from src.sweep.optuna_internals import close, set_study_system_attr, study_system_attrs
-from src.sweep.prepare import prepare
-from src.sweep.processes import COMMAND_STOPPED, Exit, Stopped, raise_on_signals, restore_signals
-from src.sweep.recovery import give_back
-from src.sweep.settings import SweeperSettings
-from src.sweep.storage import Storage, url_secrets
-from src.sweep.study import best_test, best_trial
-from src.sweep.worker import work
+from ..errors import UserError, first_line
+from . import budget, gpus, progress, tracking
+from .confirm import Confirmation
+from .context import Sweep
+from .hydra_internals import returned
+from .optuna_internals import close, set_study_system_attr, study_system_attrs
+from .prepare import prepare
+from .processes import COMMAND_STOPPED, Exit, Stopped, raise_on_signals, restore_signals
+from .recovery import give_back
+from .settings import SweeperSettings
+from .storage import Storage, url_secrets
+from .study import best_test, best_trial
+from .worker import work
 
 STORAGE_ENV, MLFLOW_ENV = "KERAS_SWEEP_STORAGE", "KERAS_SWEEP_MLFLOW_URI"
 FROM_ENV = "<from the job's environment>"  # a URL with a password, in the settings a job is given

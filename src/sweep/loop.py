@@ -20,12 +20,12 @@ from typing import Literal, Protocol, Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
-from src.errors import first_line
-from src.sweep.budget import Step
-from src.sweep.optuna_internals import frozen, heartbeat, storage_url
-from src.sweep.processes import INTERRUPTED, signals_held
-from src.sweep.recovery import Unclaimed, give_back
-from src.sweep.storage import cause, masking
+from ..errors import first_line
+from .budget import Step
+from .optuna_internals import frozen, heartbeat, storage_url
+from .processes import INTERRUPTED, signals_held
+from .recovery import Unclaimed, give_back
+from .storage import cause, masking
 
 
 class Policy(Protocol):

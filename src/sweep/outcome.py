@@ -15,10 +15,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from src.errors import UserError, first_line
-from src.sweep.optuna_internals import frozen
-from src.sweep.processes import signals_held, stop_received
-from src.sweep.recovery import give_back
+from ..errors import UserError, first_line
+from .optuna_internals import frozen
+from .processes import signals_held, stop_received
+from .recovery import give_back
 
 RESERVED = ("worker", "error", "interrupted", "run_dir")  # the sweeper's own user attributes
 

@@ -13,16 +13,16 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution
 
-from src.cli import composition_error
-from src.config import check as check_config
-from src.errors import UserError
-from src.sweep import confirm
-from src.sweep.context import Sweep
-from src.sweep.runner import Runner
-from src.sweep.samplers import grid_size
-from src.sweep.settings import SweeperSettings
-from src.sweep.space import SearchSpace, format_value, parse
-from src.sweep.storage import Storage, masking
+from ..cli import composition_error
+from ..config import check as check_config
+from ..errors import UserError
+from . import confirm
+from .context import Sweep
+from .runner import Runner
+from .samplers import grid_size
+from .settings import SweeperSettings
+from .space import SearchSpace, format_value, parse
+from .storage import Storage, masking
 
 
 def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,

@@ -22,8 +22,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from src.errors import UserError, first_line
-from src.sweep import gpus
+from ..errors import UserError, first_line
+from . import gpus
 
 
 class Exit(IntEnum):

@@ -8,9 +8,9 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from src.sweep import results
-from src.sweep.budget import FINISHED, slots_used, uses_slot
-from src.sweep.study import sign
+from . import results
+from .budget import FINISHED, slots_used, uses_slot
+from .study import sign
 
 
 def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: Any, storage: str,

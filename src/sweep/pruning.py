@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import optuna
 
-from src.errors import UserError
-from src.sweep.processes import COMMAND_STOPPED, Stopped, signals_held
+from ..errors import UserError
+from .processes import COMMAND_STOPPED, Stopped, signals_held
 
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
            "hyperband": optuna.pruners.HyperbandPruner,

@@ -14,7 +14,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from src.sweep.optuna_internals import fail, has_heartbeat, set_user_attrs
+from .optuna_internals import fail, has_heartbeat, set_user_attrs
 
 MAX_RETRY = 3  # a trial cut short is queued again at most this often
 OWN_ATTRS = ("worker", "error", "interrupted")  # belong to one attempt, not to the params queued again

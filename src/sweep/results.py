@@ -8,10 +8,10 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from src.analyze.contract import TRIAL_METRICS, leaderboard, params_summary, value_column
-from src.errors import UserError
-from src.files import write_csv, write_text
-from src.sweep.space import describe
+from ..analyze.contract import TRIAL_METRICS, leaderboard, params_summary, value_column
+from ..errors import UserError
+from ..files import write_csv, write_text
+from .space import describe
 
 
 @contextmanager

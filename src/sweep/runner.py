@@ -15,14 +15,15 @@ from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.errors import UserError
-from src.sweep import progress
-from src.sweep.compose import Composer
-from src.sweep.hydra_internals import run_task
-from src.sweep.outcome import TrialOutcome, tell
-from src.sweep.pruning import PruningHook, current_hook
-from src.sweep.space import SearchSpace
-from src.sweep.study import best_test, best_trial, suggest
+from .. import command
+from ..errors import UserError
+from . import progress
+from .compose import Composer
+from .hydra_internals import run_task
+from .outcome import TrialOutcome, tell
+from .pruning import PruningHook, current_hook
+from .space import SearchSpace
+from .study import best_test, best_trial, suggest
 
 log = logging.getLogger(__name__)
 SAVE_MODEL = "++trainer.save_model=true"
@@ -161,10 +162,11 @@ class Runner:
 
 
 def app_command(own: bool) -> list[str]:
-    """How a replay line starts: `python -m src.train`, or for another Hydra app the interpreter's script or
+    """How a replay line starts: `python -m src.train` (installed: `keras-sweep train`), or for another Hydra app
+    the interpreter's script or
     `-m module` that started this sweep (what precedes the app's own arguments)."""
     if own:
-        return ["python", "-m", "src.train"]
+        return command("train").split()
     start = sys.orig_argv[:len(sys.orig_argv) - len(sys.argv) + 1]
     return ["python", *start[1:]]
 

@@ -9,8 +9,8 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from src.errors import UserError
-from src.sweep.space import SearchSpace
+from ..errors import UserError
+from .space import SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "nsgaii", "gp")
 

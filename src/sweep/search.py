@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
-from src.errors import UserError
-from src.sweep import budget, progress
-from src.sweep.budget import Step
-from src.sweep.context import Sweep
-from src.sweep.processes import COMMAND_STOPPED, Stopped
+from ..errors import UserError
+from . import budget, progress
+from .budget import Step
+from .context import Sweep
+from .processes import COMMAND_STOPPED, Stopped
 
 if TYPE_CHECKING:
-    from src.sweep.batch_runner import BatchRunner
+    from .batch_runner import BatchRunner
 
 
 class Search:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from src.errors import UserError
+from ..errors import UserError
 
 # hydra-optuna-sweeper's `hydra/sweeper/sampler` group (plus `gp`): option -> Optuna class, and the fields a block
 # of it may set. A block of a class named here is run as that sampler name: its seed becomes `seed`, its other
@@ -95,7 +95,7 @@ class SweeperSettings:
     max_trials_per_worker: int = 20       # then a fresh process takes over (keeps memory flat)
     batch_trials: int = 1                 # trials a worker trains at once as one program (plain dense nets of one structure)
     gpus_per_worker: int = 0              # local workers: each sees its own slice of the visible GPUs (0: the CPU)
-    worker_init: Optional[str] = None     # function(task_config) each worker process runs once, first
+    worker_init: Optional[str] = None     # function(task_config) each worker process runs once, first (".x.f": this package's)
     heartbeat_interval: int = 10          # seconds between a running trial's heartbeats (Optuna's RDB/journal heartbeat)
     grace_period: Optional[int] = 30      # a running trial with no heartbeat for this long is failed and its slot given back
     objectives: Optional[List[str]] = None  # metrics the task returns (null: `value`, or v0, v1, ... per direction)

@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-from src.errors import UserError
+from ..errors import UserError
 
 FORMS = "interval(a,b), int(interval(a,b)), tag(log, interval(a,b)), range(a,b[,step]), choice(x,y,...)"
 

@@ -18,9 +18,9 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend
 
-from src.errors import UserError, first_line
-from src.sweep.optuna_internals import JournalStorageWithHeartbeat
-from src.sweep.recovery import queue_again
+from ..errors import UserError, first_line
+from .optuna_internals import JournalStorageWithHeartbeat
+from .recovery import queue_again
 
 T = TypeVar("T")
 TRIES = 6

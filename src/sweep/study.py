@@ -11,8 +11,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from src.errors import UserError, first_line
-from src.sweep.storage import retrying
+from ..errors import UserError, first_line
+from .storage import retrying
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")

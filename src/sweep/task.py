@@ -7,14 +7,14 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from src.backend import use_backend
+from ..backend import use_backend
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the trial's network; return all its metrics (the sweeper picks the objectives)."""
     use_backend(cfg.trainer.backend)
-    from src import training  # TensorFlow loads here, once per worker process
-    from src.sweep.pruning import current_hook
+    from .. import training  # TensorFlow loads here, once per worker process
+    from .pruning import current_hook
 
     hook = current_hook.get()
     if hook is not None:
@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def test_saved(cfg: DictConfig, source: str, out_dir: str) -> dict[str, Any]:
     """The test scores of the model a finished trial or confirmation run saved in `source` (no training)."""
     use_backend(cfg.trainer.backend)
-    from src import training
+    from .. import training
 
     return training.test_saved(cfg, source, out_dir)
 
@@ -33,9 +33,9 @@ def test_saved(cfg: DictConfig, source: str, out_dir: str) -> dict[str, Any]:
 def warm_up(cfg: DictConfig) -> None:
     """Once per worker process, before its first trial: choose the backend, load Keras, read the data."""
     use_backend(cfg.trainer.backend)
-    from src.data import load
+    from ..data import load
 
     load(cfg.data)
-    from src import training  # noqa: F401
+    from .. import training  # noqa: F401
 
     gc.freeze()  # the ~450,000 objects loaded so far live as long as the worker: the collector skips them

@@ -24,10 +24,10 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial
 
-from src.errors import UserError, first_line
-from src.sweep.outcome import RESERVED
-from src.sweep.settings import MlflowSettings
-from src.sweep.storage import retrying
+from ..errors import UserError, first_line
+from .outcome import RESERVED
+from .settings import MlflowSettings
+from .storage import retrying
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # MLflow's run statuses
 SWEEP_ROLE = {"optuna.role": "sweep"}  # the tag of a study's parent run
@@ -35,7 +35,7 @@ SWEEP_ROLE = {"optuna.role": "sweep"}  # the tag of a study's parent run
 # store's artifacts beside the sweep folder, not in the current directory) and the study's parent run. A refused
 # database login fails at once (MLflow's own engine retries would wait minutes).
 PREPARE = ("import logging, sys; logging.disable(logging.WARNING); import mlflow.store.db.utils as db; "
-           "db.MAX_RETRY_COUNT = 2; from src.sweep.tracking import prepare_store; prepare_store(*sys.argv[1:])")
+           f"db.MAX_RETRY_COUNT = 2; from {__name__} import prepare_store; prepare_store(*sys.argv[1:])")
 
 
 def prepare_store(experiment: str, study: str, artifacts: str) -> None:

@@ -6,14 +6,15 @@ import sys
 
 from hydra.utils import get_method
 
-from src.errors import UserError
-from src.sweep.batch_runner import BatchRunner
-from src.sweep.confirm import Confirmation
-from src.sweep.context import Sweep
-from src.sweep.loop import drain
-from src.sweep.processes import Exit
-from src.sweep.search import Search
-from src.sweep.storage import failure
+from .. import PACKAGE
+from ..errors import UserError
+from .batch_runner import BatchRunner
+from .confirm import Confirmation
+from .context import Sweep
+from .loop import drain
+from .processes import Exit
+from .search import Search
+from .storage import failure
 
 
 def work(sweep: Sweep, slot: int, owner: str) -> Exit:
@@ -32,7 +33,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> Exit:
 def _work(sweep: Sweep, slot: int, owner: str) -> Exit:
     s = sweep.settings
     if s.worker_init:
-        get_method(s.worker_init)(sweep.task_config)
+        get_method(PACKAGE + s.worker_init if s.worker_init.startswith(".") else s.worker_init)(sweep.task_config)
     study = sweep.open()
     sweep.runner.live = s.n_workers == 1 and sys.stdout.isatty()
     batcher = BatchRunner(sweep.runner, sweep.task_config) if s.batch_trials > 1 and "trainer" in sweep.task_config else None
