@@ -22,12 +22,18 @@ def api(app, path: str, query: str = "") -> dict:
 
 def test_dashboard_sorts_by_each_metric_and_draws_learning_curves(tmp_path, data_dir):
     out = tmp_path / "dash"
-    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600",
-            "trainer.epochs=3", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.pruner=none")
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=1",
+            "hydra.sweeper.confirm.seeds=1", "data.n_train=600", "trainer.epochs=3", "model.units=int(interval(8,32))",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=none", "hydra.sweeper.study_name=dash")
     app = wsgi(f"sqlite:///{out / 'study.db'}")
-    (summary,) = api(app, "/api/studies")["study_summaries"]
-    study = api(app, f"/api/studies/{summary['study_id']}", "after=0")
+    summaries = {s["study_name"]: s for s in api(app, "/api/studies")["study_summaries"]}
+    assert set(summaries) == {"dash", "dash:confirm", "dash:test"}
+    for name in ("dash:confirm", "dash:test"):  # the confirmation's queues read as parts of the sweep
+        attrs = {a["key"]: a["value"] for a in summaries[name]["user_attrs"]}
+        assert attrs["sweep"] == "dash" and "(not a search)" in attrs["role"], attrs
+        queue = api(app, f"/api/studies/{summaries[name]['study_id']}", "after=0")
+        assert queue["objective_names"] == ["val_accuracy"] and len(queue["trials"]) == (1 if name == "dash:confirm" else 2)
+    study = api(app, f"/api/studies/{summaries['dash']['study_id']}", "after=0")
     assert study["objective_names"] == ["val_accuracy"]  # the objective named, not "Objective 0"
     sortable = {a["key"]: a["sortable"] for a in study["union_user_attrs"]}
     assert sortable["val_accuracy"] and sortable["param_count"] and sortable["seconds"]

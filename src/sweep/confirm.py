@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from .batch_runner import BatchRunner
 
 SEED_KEYS = ("trainer.seed=", "data.seed=")
+QUEUE_ROLES = {"confirm": "confirmation runs of the sweep's top configurations (not a search)",
+               "test": "test-set runs of the sweep's confirmed winner (not a search)"}
 SCORING_ONLY = {"trainer.test", "trainer.save_model", "trainer.verbose", "trainer.eval_batch_size"}  # test overrides
 
 
@@ -168,6 +170,9 @@ class Confirmation:
         storage = self.sweep.storage.connect(create=False)
         try:
             study = optuna.create_study(storage=storage, study_name=name, direction=self.sweep.settings.directions[0])
+            study.set_metric_names([self.metric])  # what optuna-dashboard lists: a queue of the sweep, not a sweep
+            study.set_user_attr("sweep", self.sweep.name)
+            study.set_user_attr("role", QUEUE_ROLES[name.rpartition(":")[2]])
         except optuna.exceptions.DuplicatedStudyError:  # the creator fills it within milliseconds; if it died
             study = optuna.load_study(study_name=name, storage=storage)  # meanwhile, fill what is missing
             deadline = time.monotonic() + self.sweep.settings.grace
