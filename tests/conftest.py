@@ -12,13 +12,14 @@ import pytest
 from postgres import postgres  # noqa: F401  (a real PostgreSQL server for the session)
 from slurm import slurm  # noqa: F401  (a real single-node SLURM cluster for the session)
 from dask_cluster import dask_cluster  # noqa: F401  (a real Dask scheduler and workers for the session)
+from ray_cluster import ray_cluster  # noqa: F401  (a real two-node Ray cluster for the session)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Modules whose every test runs the CLI or trains; elsewhere a test is slow when it uses a slow fixture.
 SLOW_MODULES = {"test_batch_sweep", "test_batch_training", "test_bench_results", "test_confirm", "test_coordination",
                 "test_dask", "test_dashboard", "test_hos", "test_launchers", "test_packaging", "test_postgres_fixture",
                 "test_readme", "test_slurm", "test_sweep", "test_train"}
-SLOW_FIXTURES = {"quick_sweep", "postgres", "slurm", "dask_cluster"}
+SLOW_FIXTURES = {"quick_sweep", "postgres", "slurm", "dask_cluster", "ray_cluster"}
 DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 

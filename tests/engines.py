@@ -18,9 +18,9 @@ from conftest import ROOT
 from src.sweep.budget import uses_slot
 
 
-def start(folder: Path, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(folder: Path, args: list[str], env: dict[str, str] | None = None, python: str = sys.executable) -> subprocess.Popen:
     """`python -m src.sweep -m hydra.sweep.dir=FOLDER ARGS` in its own session (Ctrl-C reaches it alone)."""
-    return subprocess.Popen([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}", *args], cwd=ROOT,
+    return subprocess.Popen([python, "-m", "src.sweep", "-m", f"hydra.sweep.dir={folder}", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, **(env or {})})
 

@@ -46,7 +46,7 @@ from .context import Sweep
 from .hydra_internals import returned
 from .optuna_internals import close, set_study_system_attr, study_system_attrs
 from .prepare import prepare
-from .processes import COMMAND_STOPPED, Exit, Stopped, raise_on_signals, restore_signals
+from .processes import COMMAND_STOPPED, Exit, Stopped, raise_on_signals, restore_signals, stop_received
 from .recovery import give_back
 from .settings import SweeperSettings
 from .storage import Storage, url_secrets
@@ -278,6 +278,8 @@ class Launch:
             returns = launcher.launch(overrides, initial_job_idx=0)
         except Stopped:
             raise
+        except KeyboardInterrupt:  # Ray's `get` turns the handler's Stopped into a bare KeyboardInterrupt
+            raise stop_received() or Stopped(signal.SIGINT) from None
         except Exception as e:  # noqa: BLE001 - a job the engine could not start, or one that died
             if not self.seen_alive(study, started):
                 raise UserError(f"hydra/launcher={self.choice}: the jobs did not start: {first_line(e)}") from None
@@ -332,8 +334,9 @@ class Launch:
 
 def safe_config(config: DictConfig, names: dict[str, str], mask: Any, job_name: str) -> DictConfig:
     """The command's config for the launcher: each URL with a password read from its environment variable
-    (`${oc.env:NAME}`) in hydra.sweeper and in the recorded overrides, any other password masked, and the jobs
-    named after this command (engines list and cancel them by name)."""
+    (`${oc.env:NAME}`) in hydra.sweeper and in the recorded overrides, any other password masked, the jobs
+    named after this command (engines list and cancel them by name); for hydra-ray-launcher, no object store
+    size where it joins a running cluster (`ray.init` refuses it there) and the jobs' output left in Ray's logs."""
     cfg = copy.deepcopy(config)  # its types too: Hydra's singletons take only a typed hydra node
     with open_dict(cfg):
         if "storage" in names:
@@ -348,6 +351,11 @@ def safe_config(config: DictConfig, names: dict[str, str], mask: Any, job_name: 
         cfg.hydra.overrides.hydra = overrides
         if "name" in cfg.hydra.get("launcher", {}):
             cfg.hydra.launcher.name = job_name
+        ray_init = cfg.hydra.get("launcher", {}).get("ray", {}).get("init", {})
+        if ray_init.get("address"):  # joining a running Ray cluster, which refuses the launcher's default store size
+            ray_init.object_store_memory = None
+        if "ray" in cfg.hydra.get("launcher", {}) and "log_to_driver" not in ray_init:
+            ray_init.log_to_driver = False  # the command prints each trial from the storage; the jobs' logs stay Ray's
     return cfg
 
 
