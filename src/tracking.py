@@ -25,16 +25,19 @@ NOT_HPARAMS = {"data.path"}  # a machine's folder, not a choice
 HParamValue = bool | int | float | str
 
 
-def tensorboard_callbacks(cfg: Any, out_dir: str | Path) -> list[keras.callbacks.Callback]:
+def tensorboard_callbacks(cfg: Any, out_dir: str | Path, session: bool = True) -> list[keras.callbacks.Callback]:
     """Keras's TensorBoard callback (per-epoch scalars `epoch_loss`, `epoch_accuracy` in `train/`, and the
-    val_* ones in `validation/`) and the run's HParams summary, all under `<out_dir>/tensorboard/`.
+    val_* ones in `validation/`) and the run's HParams summary, all under `<out_dir>/tensorboard/`. Without
+    `session`, the summary's session (the run's settings) is left to the sweep, which writes a trial's once it
+    knows its state (src/sweep/hparams.py).
 
     Place them after the callback that adds val_* to the epoch's logs: Keras calls callbacks in list order.
     """
     if importlib.util.find_spec("tensorboard") is None:
         raise UserError("trainer.tensorboard=true needs TensorBoard: pip install -e '.[tensorboard]'")
     log_dir = Path(out_dir) / LOG_DIR
-    return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False), HParams(log_dir, hparams(cfg))]
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False),
+            HParams(log_dir, hparams(cfg) if session else None)]
 
 
 def hparams(cfg: Any) -> dict[str, HParamValue]:
@@ -70,7 +73,7 @@ class HParams(keras.callbacks.Callback):
     epoch's loss, accuracy, val_loss, val_accuracy; best_val_accuracy, epochs, param_count) when it ends:
     what TensorBoard's HParams tab lists for each run, each sweep trial."""
 
-    def __init__(self, log_dir: Path, values: dict[str, HParamValue]) -> None:
+    def __init__(self, log_dir: Path, values: dict[str, HParamValue] | None) -> None:
         super().__init__()
         self.log_dir, self.values = log_dir, values
         self.writer: Any = None
@@ -81,9 +84,10 @@ class HParams(keras.callbacks.Callback):
         from tensorboard.plugins.hparams import api as hp
 
         self.writer = summary().create_file_writer(str(self.log_dir))
-        with self.writer.as_default():
-            hp.hparams(self.values, trial_id=self.log_dir.parent.name, start_time_secs=int(time.time()))
-        self.writer.flush()
+        if self.values is not None:
+            with self.writer.as_default():
+                hp.hparams(self.values, trial_id=self.log_dir.parent.name, start_time_secs=int(time.time()))
+            self.writer.flush()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.last, self.epochs = {k: float(v) for k, v in (logs or {}).items()}, epoch + 1

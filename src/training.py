@@ -57,7 +57,7 @@ def run(cfg: Any, out_dir: str | os.PathLike, on_epoch: EpochHook | None = None)
                                                  _Validate(scorer, data.x_val, data.y_val)]
     if cfg.trainer.get("tensorboard"):  # after _Validate: val_* reach the event files
         from .tracking import tensorboard_callbacks
-        callbacks += tensorboard_callbacks(cfg, out_dir)
+        callbacks += tensorboard_callbacks(cfg, out_dir, session=on_epoch is None)  # a sweep's: once told
     callbacks += [instantiate(block) for block in cfg.trainer.get("callbacks") or []]  # e.g. EarlyStopping
     if on_epoch is not None:
         callbacks.append(_StopWhen(on_epoch))

@@ -2,6 +2,8 @@
 and one MLflow run per sweep trial (`hydra.sweeper.mlflow`), read back with each tool's own reader."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -50,6 +52,60 @@ def test_tensorboard_logs_epoch_scalars_and_hparams(tmp_path, data_dir):
     assert "data.path" not in values
     assert scalars(logs, "val_accuracy") == {1: pytest.approx(history["val_accuracy"].iloc[-1], abs=1e-5)}
     assert scalars(logs, "param_count") == {1: 784 * 12 + 12 + 12 * 12 + 12 + 12 * 3 + 3}
+
+
+def hparams_tab(logdir) -> tuple[dict, dict]:
+    """What TensorBoard's HParams tab shows for `logdir` (`tensorboard --logdir`): the experiment and the
+    session groups, from the HParams plugin's own handlers over TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import hparams_plugin
+    from werkzeug.test import EnvironBuilder
+
+    events = plugin_event_multiplexer.EventMultiplexer()
+    events.AddRunsFromDirectory(str(logdir))
+    events.Reload()
+    apps = hparams_plugin.HParamsPlugin(base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=events,
+        data_provider=data_provider.MultiplexerDataProvider(events, str(logdir)))).get_plugin_apps()
+
+    def post(route: str, body: dict) -> dict:
+        environ = EnvironBuilder(method="POST", path=route, data=json.dumps(body), content_type="application/json")
+        status = {}
+        answer = b"".join(apps[route](environ.get_environ(), lambda code, headers, exc_info=None: status.update(code=code)))
+        assert status["code"].startswith("200"), answer[:500]
+        return json.loads(answer)
+
+    experiment = post("/experiment", {"experimentName": ""})
+    groups = post("/session_groups", {"experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
+                                      "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE"]})
+    return experiment, {g["name"]: g for g in groups["sessionGroups"]}
+
+
+@pytest.mark.slow
+def test_tensorboard_hparams_tab_shows_the_searched_ranges_and_each_trial_with_its_number_and_state(tmp_path, data_dir):
+    out = tmp_path / "tb"  # a learning rate that diverges: a FAIL trial beside a COMPLETE one
+    sweep(out, *TINY, "trainer.tensorboard=true", "hydra/sweeper/sampler=grid", "optimizer.lr=choice(0.001,1e9)",
+          "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2", expect=0)
+    trials = table(out).set_index("number")
+    assert sorted(trials["state"]) == ["COMPLETE", "FAIL"], trials
+    experiment, groups = hparams_tab(out)
+    infos = {i["name"]: i for i in experiment["hparamInfos"]}
+    assert set(infos) == {"optimizer.lr", "model.units", "trial", "state"}
+    assert infos["model.units"]["domainInterval"] == {"minValue": 8.0, "maxValue": 32.0}
+    assert infos["optimizer.lr"]["domainDiscrete"] == [0.001, 1e9]
+    assert infos["state"]["domainDiscrete"] == ["COMPLETE", "PRUNED", "FAIL"]
+    assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {"val_accuracy", "val_loss", "epochs"}
+    assert sorted(groups) == ["0", "1", "best"]  # the trials, and the best one's replay on the test set
+    assert groups["best"]["hparams"]["model.units"] == trials.loc[trials["state"] == "COMPLETE", "model.units"].item()
+    for number, row in trials.iterrows():
+        group = groups[str(number)]
+        assert group["hparams"]["trial"] == number and group["hparams"]["state"] == row["state"]
+        assert group["hparams"]["model.units"] == row["model.units"]
+        assert [s["name"] for s in group["sessions"]] == [f"trials/{number}/tensorboard"]
+        if row["state"] == "COMPLETE":
+            (val,) = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "val_accuracy"]
+            assert val == pytest.approx(row["val_accuracy"], abs=1e-6)
 
 
 @pytest.mark.slow

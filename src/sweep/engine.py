@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UserError, first_line
-from . import budget, confirm, gpus, processes, progress, results, tracking
+from . import budget, confirm, gpus, hparams, processes, progress, results, tracking
 from .context import Sweep
 from .launch import Launch, check_shareable
 from .optuna_internals import close
@@ -87,7 +87,8 @@ def join(sweep: Sweep, local: bool = True) -> int:
     with results.writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
     if settings.mlflow.tracking_uri:  # each finished trial as an MLflow run (e.g. sqlite:///<sweep dir>/mlflow.db)
-        sweep.runner.on_told = logger = tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask)
+        logger = tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask)
+        sweep.runner.on_told.append(logger)
         logger.prepare(folder)
     _check_folder(sweep)
     study = sweep.open(create=True)
@@ -96,6 +97,8 @@ def join(sweep: Sweep, local: bool = True) -> int:
     with results.writing(folder):
         results.write_study_info(folder / "study.yaml", sweep.name, sweep.storage.display, settings, sweep.space,
                                  sweep.budget)
+        if sweep.task_config.get("trainer", {}).get("tensorboard"):  # TensorBoard's HParams tab: the searched ranges
+            hparams.write_experiment(folder, sweep.space.distributions, sweep.budget)
     n_workers = plan_workers(settings.n_workers, sweep.budget, trials, sweep.name, needs_replay(sweep, study),
                              confirming=settings.confirm.top_k > 0 and not confirm.Confirmation(sweep).finished(),
                              cores=len(os.sched_getaffinity(0)) if local else settings.n_workers)
@@ -178,7 +181,8 @@ def finish(sweep: Sweep) -> None:
         with results.writing(sweep.folder):
             results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best),
                                sweep.runner.compose(best.params), test, confirmed)
-    if isinstance(sweep.runner.on_told, tracking.MlflowLogger):
-        sweep.runner.on_told.log_sweep(sweep, best, test)
+    for tracker in sweep.runner.on_told:
+        if isinstance(tracker, tracking.MlflowLogger):
+            tracker.log_sweep(sweep, best, test)
     progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
                            sweep.runner.replay(best) if best else [], confirmed)

@@ -110,7 +110,7 @@ class WorkerJob:
         sweep.started = self.started  # failures are counted over the whole command
         sweep.quiet = True  # the command prints each trial's line
         if settings.mlflow.tracking_uri:
-            sweep.runner.on_told = tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask)
+            sweep.runner.on_told.append(tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask))
         return sweep
 
 

@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution
 from ..cli import composition_error
 from ..config import check as check_config
 from ..errors import UserError
-from . import confirm
+from . import confirm, hparams
 from .context import Sweep
 from .runner import Runner
 from .samplers import grid_size
@@ -39,8 +39,11 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
     for note in settings.notes:
         print(f"note: {note}", flush=True)
+    task_config = validate(runner, space, settings.confirm.top_k > 0)
+    if task_config.get("trainer", {}).get("tensorboard"):  # each trial's HParams session, once told
+        runner.on_told.append(hparams.SessionWriter())
     return Sweep(settings, space, settings.study_name or fresh_name(runner, folder), storage, folder, n_trials, runner,
-                 task_config=validate(runner, space, settings.confirm.top_k > 0), started=datetime.now())
+                 task_config=task_config, started=datetime.now())
 
 
 def fresh_name(runner: Runner, folder: Path) -> str:

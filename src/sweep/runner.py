@@ -43,7 +43,7 @@ class Runner:
         self.extend = extend  # hydra-optuna-sweeper's custom_search_space: suggests extra, conditional params
         self.live = False  # a live line per epoch (one worker writing to a terminal)
         self.stopping = threading.Event()  # set in a launcher job when its command asks its workers to stop
-        self.on_told: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None  # e.g. MLflow's logger
+        self.on_told: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = []  # trackers: MLflow, HParams
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         """Draw the trial's params, train it as its own Hydra job, tell the study (Ctrl-C passes through: the
@@ -74,8 +74,8 @@ class Runner:
     def record(self, study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         """Tell the study the search trial's outcome, then the trackers (e.g. MLflow's logger)."""
         told = tell(study, trial, outcome, self.objectives, f"{self.folder}/trials/{trial.number}")
-        if told is not None and self.on_told is not None:
-            self.on_told(study, told)
+        for tracker in self.on_told if told is not None else []:
+            tracker(study, told)
 
     def run_job(self, overrides: list[str], number: int, subdir: str | None = None,
                 hook: PruningHook | None = None) -> TrialOutcome:
