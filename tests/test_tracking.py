@@ -3,6 +3,8 @@ and one MLflow run per sweep trial (`hydra.sweeper.mlflow`), read back with each
 from __future__ import annotations
 
 import json
+import struct
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,6 +110,60 @@ def test_tensorboard_hparams_tab_shows_the_searched_ranges_and_each_trial_with_i
             assert val == pytest.approx(row["val_accuracy"], abs=1e-6)
 
 
+def wandb_records(path: Path) -> list:
+    """The records of a W&B run file (`run-<id>.wandb`): W&B's protobufs in its LevelDB-style log (32 KiB blocks,
+    a 7-byte header per chunk: checksum, length, type), read as wandb-core writes it."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, chunks, found = 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = struct.unpack_from("<HB", data, pos + 4)
+        if kind == 0:
+            break
+        chunks, pos = chunks + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or a record's last chunk
+            found.append(wandb_internal_pb2.Record.FromString(chunks))
+            chunks = b""
+    return found
+
+
+@pytest.mark.slow
+def test_each_sweep_trial_is_a_wandb_run_grouped_by_study_read_back_from_its_offline_files(tmp_path, data_dir):
+    out = tmp_path / "wb"
+    sweep(out, *TINY, "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=wb",
+          "hydra.sweeper.wandb.project=keras-sweep", "hydra.sweeper.wandb.mode=offline")
+    trials = table(out).set_index("number")
+    files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2, list((out / "wandb").rglob("*"))
+    runs = {}
+    for path in files:
+        records = wandb_records(path)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        history = [{i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records
+                   if r.WhichOneof("record_type") == "history"]
+        (end,) = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+        runs[run.display_name] = (run, history, end)
+        assert b"hydra.sweeper.wandb.project" not in path.read_bytes()  # no command line (a storage password)
+    assert sorted(runs) == ["trial 0", "trial 1"]
+    for number, row in trials.iterrows():
+        run, history, end = runs[f"trial {number}"]
+        config = {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in run.config.update}
+        assert run.project == "keras-sweep" and run.run_group == "wb" and list(run.tags) == [row["state"]] == ["COMPLETE"]
+        assert config["model"]["units"] == row["model.units"] and config["trainer"]["epochs"] == 2
+        assert config["optuna"] == {"study": "wb", "trial": number, "state": "COMPLETE",
+                                    "params": {"model.units": row["model.units"]}}
+        assert config["data"]["path"] == str(data_dir)  # resolved, as the trial ran
+        epochs = pd.read_csv(f"{row['run_dir']}/history.csv")
+        assert [h["_step"] for h in history] == list(epochs["epoch"])
+        assert [h["val_accuracy"] for h in history] == pytest.approx(list(epochs["val_accuracy"]), abs=1e-9)
+        assert end.exit_code == 0
+
+
 @pytest.mark.slow
 def test_each_sweep_trial_is_an_mlflow_run_and_has_its_tensorboard_logs(tmp_path, data_dir):
     out, uri = tmp_path / "tracked", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -180,3 +236,13 @@ def test_mlflow_settings_and_both_passwords_masked():
     mask = masking("postgresql+psycopg2://me:store-pw@db/sweeps", settings.mlflow.tracking_uri)
     assert mask("postgresql+psycopg2://me:track%40pw@db/runs track@pw, postgresql+psycopg2://me:store-pw@db/sweeps") == \
         "postgresql+psycopg2://me:***@db/runs ***, postgresql+psycopg2://me:***@db/sweeps"
+
+
+def test_a_wandb_mode_w_and_b_does_not_have_is_refused_in_one_line(tmp_path):
+    from src.errors import UserError
+    from src.sweep.settings import WandbSettings
+    from src.sweep.wandb_tracking import WandbLogger
+
+    with pytest.raises(UserError, match=r"^hydra.sweeper.wandb.mode='ofline': allowed: online, offline, disabled"):
+        WandbLogger(WandbSettings(project="p", mode="ofline"), tmp_path)
+    assert WandbLogger(WandbSettings(project="p", mode="offline"), tmp_path).dir == tmp_path  # the sweep folder

@@ -23,6 +23,7 @@ from .samplers import grid_size
 from .settings import SweeperSettings
 from .space import SearchSpace, format_value, parse
 from .storage import Storage, masking
+from .wandb_tracking import WandbLogger
 
 
 def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
@@ -42,6 +43,8 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
     task_config = validate(runner, space, settings.confirm.top_k > 0)
     if task_config.get("trainer", {}).get("tensorboard"):  # each trial's HParams session, once told
         runner.on_told.append(hparams.SessionWriter())
+    if settings.wandb.project:  # each told trial as a W&B run
+        runner.on_told.append(WandbLogger(settings.wandb, folder))
     return Sweep(settings, space, settings.study_name or fresh_name(runner, folder), storage, folder, n_trials, runner,
                  task_config=task_config, started=datetime.now())
 

@@ -74,6 +74,16 @@ class MlflowSettings:
 
 
 @dataclass
+class WandbSettings:
+    """`hydra.sweeper.wandb`: log each finished search trial as a W&B run (pip install -e '.[wandb]')."""
+
+    project: Optional[str] = None     # null: off
+    entity: Optional[str] = None      # default: W&B's (your user)
+    mode: Optional[str] = None        # online, offline (to `wandb sync` later) or disabled; default: W&B's
+    dir: Optional[str] = None         # where W&B writes (its wandb/ folder); default: the sweep folder
+
+
+@dataclass
 class ConfirmSettings:
     """`hydra.sweeper.confirm`: retrain the top_k configurations with `seeds` further seeds; the best mean wins."""
 
@@ -124,6 +134,7 @@ class SweeperSettings:
     leaderboard_size: int = 10
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)  # top_k confirmed over more seeds
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)  # mlflow.tracking_uri: each finished trial as an MLflow run
+    wandb: WandbSettings = field(default_factory=WandbSettings)  # wandb.project: each finished trial as a W&B run
 
     def __post_init__(self) -> None:
         self.notes: List[str] = []  # differences in meaning from what a hydra-optuna-sweeper user wrote
@@ -137,6 +148,8 @@ class SweeperSettings:
             self.confirm = ConfirmSettings(**self.confirm)
         if isinstance(self.mlflow, dict):
             self.mlflow = MlflowSettings(**self.mlflow)
+        if isinstance(self.wandb, dict):
+            self.wandb = WandbSettings(**self.wandb)
         if self.direction is not None:
             self.directions = [self.direction] if isinstance(self.direction, str) else list(self.direction)
         if self.directions is None:
