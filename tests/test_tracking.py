@@ -167,8 +167,10 @@ def test_each_sweep_trial_is_a_wandb_run_grouped_by_study_read_back_from_its_off
 @pytest.mark.slow
 def test_each_sweep_trial_is_an_mlflow_run_and_has_its_tensorboard_logs(tmp_path, data_dir):
     out, uri = tmp_path / "tracked", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep(out, *TINY, "trainer.epochs=2", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
-          "hydra.sweeper.n_workers=2", f"hydra.sweeper.mlflow.tracking_uri={uri}", "trainer.tensorboard=true")
+    args = [*TINY, "trainer.epochs=2", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_workers=2",
+            f"hydra.sweeper.mlflow.tracking_uri={uri}", "trainer.tensorboard=true",
+            "hydra.sweeper.mlflow.registered_model=keras-sweep-winner"]
+    sweep(out, *args)
     trials = table(out).set_index("number")
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("default")  # the study's name
@@ -202,6 +204,11 @@ def test_each_sweep_trial_is_an_mlflow_run_and_has_its_tensorboard_logs(tmp_path
     assert parent.data.metrics["test_accuracy"] == pytest.approx(best["test"]["test_accuracy"], abs=1e-9)
     assert {"trials.csv", "best.yaml", "study.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert (tmp_path / "mlartifacts").is_dir()  # a database store's artifacts beside the sweep, not in the cwd
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "model")] == ["model/model.keras"]  # the winner's
+    sweep(out, *args)  # the finished sweep again: nothing registered twice
+    (version,) = client.search_model_versions("name='keras-sweep-winner'")
+    assert version.run_id == parent.info.run_id and version.tags["optuna.trial"] == str(best["trial"])
+    assert version.source == f"{parent.info.artifact_uri}/model"
 
 
 def test_the_tracking_uri_password_is_never_shown_or_written(tmp_path, data_dir, postgres):

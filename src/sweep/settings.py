@@ -71,6 +71,7 @@ class MlflowSettings:
 
     tracking_uri: Optional[str] = None    # null: off; e.g. sqlite:///mlflow.db, http://host:5000
     experiment: Optional[str] = None      # default: the study's name
+    registered_model: Optional[str] = None  # register the winner's model under this name in MLflow's registry
 
 
 @dataclass

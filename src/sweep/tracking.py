@@ -6,8 +6,10 @@ overrides, sampler, pruner, budget and search space as params) and, when a comma
 its test score and the sweep's tables. A trial's run holds its params, its per-epoch history (history.csv:
 loss, accuracy, val_loss, val_accuracy at steps 1..epochs), every other numeric metric it recorded
 (param_count, seconds, ...), its run folder as artifacts (config, history, metrics, model when saved), and
-tags: the study, the trial's number and state, its folder and error. Written through `mlflow.MlflowClient` by
-the worker that told the trial; MLflow loads only when the key is set.
+tags: the study, the trial's number and state, its folder and error. The parent also gets the winner's model
+(`model/model.keras`, from its replay on the test set), registered as a version of
+`hydra.sweeper.mlflow.registered_model` when that is set. Written through `mlflow.MlflowClient` by the worker
+that told the trial; MLflow loads only when the key is set.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ class MlflowLogger:
         if importlib.util.find_spec("mlflow") is None:
             raise UserError("hydra.sweeper.mlflow needs MLflow: pip install -e '.[mlflow]'")
         self.uri, self.experiment, self.study = str(settings.tracking_uri), settings.experiment or study_name, study_name
+        self.registered_model = settings.registered_model
         self.mask = mask  # hides the passwords of the study's storage and of the tracking URI
         self.client: Any = None
         self.experiment_id = self.parent_id = ""
@@ -168,9 +171,33 @@ class MlflowLogger:
                          "best.yaml", "study.yaml"):
                 if (sweep.folder / name).is_file():
                     self.client.log_artifact(self.parent_id, str(sweep.folder / name))
+            model = sweep.folder / "best" / "model.keras"  # the winner's, saved by its replay on the test set
+            if best is not None and model.is_file():
+                self.client.log_artifact(self.parent_id, str(model), artifact_path="model")
+                if self.registered_model:
+                    self.register(best.number)
             self.client.set_terminated(self.parent_id, "FINISHED")
         except Exception as e:  # noqa: BLE001 - a server down, a full disk, a bad URI
             print(self.mask(f"warning: the sweep's MLflow run not updated ({self.uri}): {first_line(e)}"), flush=True)
+
+
+    def register(self, trial: int) -> None:
+        """A version of the registered model (made if missing) holding the parent run's `model/`, once per winner:
+        a rerun of a finished sweep registers nothing again."""
+        from mlflow.exceptions import MlflowException
+
+        name = self.registered_model
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        done = self.client.search_model_versions(f"name='{name}' and run_id='{self.parent_id}'")
+        if any(v.tags.get("optuna.trial") == str(trial) for v in done):
+            return
+        source = f"{self.client.get_run(self.parent_id).info.artifact_uri}/model"
+        self.client.create_model_version(name, source, run_id=self.parent_id,
+                                         tags={"optuna.study": self.study, "optuna.trial": str(trial)})
 
 
 def epoch_metrics(history_csv: Path, start: int, end: int) -> list[Any]:
