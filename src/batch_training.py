@@ -133,7 +133,7 @@ def group_key(cfg: Any) -> GroupKey | None:
         return None
     if trainer.loss != "categorical_crossentropy" or any(m not in ("accuracy", "acc") for m in trainer.metrics or []):
         return None
-    if trainer.get("callbacks") or trainer.get("tensorboard"):
+    if trainer.get("callbacks"):
         return None
     if trainer.get("lr_schedule", "constant") not in ("constant", "cosine") or model.activation not in ELEMENTWISE:
         return None
@@ -434,6 +434,12 @@ def replay(cfg: DictConfig, out_dir: Any) -> dict[str, Any]:
     history = metrics.pop("history")
     write_csv(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
+    if cfg.trainer.get("tensorboard"):  # what Keras's callbacks and src/tracking.py give a lone run
+        from .tensorboard_logs import LOG_DIR, write_run, write_session
+        from .tracking import hparams
+
+        write_run(out / LOG_DIR, history, metrics["param_count"])
+        write_session(out / LOG_DIR, hparams(cfg), group=out.name)
     if metrics.get("error") == "diverged":
         raise diverged(cfg, len(history))
     if cfg.trainer.test:

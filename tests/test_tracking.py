@@ -85,12 +85,22 @@ def hparams_tab(logdir) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_tensorboard_hparams_tab_shows_the_searched_ranges_and_each_trial_with_its_number_and_state(tmp_path, data_dir):
-    out = tmp_path / "tb"  # a learning rate that diverges: a FAIL trial beside a COMPLETE one
-    sweep(out, *TINY, "trainer.tensorboard=true", "hydra/sweeper/sampler=grid", "optimizer.lr=choice(0.001,1e9)",
+def test_tensorboard_hparams_tab_shows_the_searched_ranges_and_each_batched_trial_with_its_number_and_state(tmp_path,
+                                                                                                         data_dir):
+    out = tmp_path / "tb"  # a learning rate that diverges: a FAIL trial beside a COMPLETE one, trained together
+    batched = [o for o in TINY if not o.startswith("hydra.sweeper.batch_trials=")] + ["hydra.sweeper.batch_trials=2"]
+    sweep(out, *batched, "trainer.tensorboard=true", "hydra/sweeper/sampler=grid", "optimizer.lr=choice(0.001,1e9)",
           "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2", expect=0)
     trials = table(out).set_index("number")
     assert sorted(trials["state"]) == ["COMPLETE", "FAIL"], trials
+    for run_dir in trials["run_dir"]:  # trained batched, TensorBoard on: the program is in each trial's metrics
+        assert yaml.safe_load(Path(run_dir, "metrics.json").read_text())["program"]
+    for number, row in trials.iterrows():  # the scalars Keras's callback gives a lone run, from the batched program
+        history, logs = pd.read_csv(f"{row['run_dir']}/history.csv"), Path(row["run_dir"]) / "tensorboard"
+        for folder, column in (("train", "accuracy"), ("validation", "val_accuracy"), ("validation", "val_loss")):
+            tag = "epoch_" + column.removeprefix("val_")
+            assert scalars(logs / folder, tag) == {e - 1: pytest.approx(v, abs=1e-6, nan_ok=True)
+                                                   for e, v in zip(history["epoch"], history[column])}, (number, folder)
     experiment, groups = hparams_tab(out)
     infos = {i["name"]: i for i in experiment["hparamInfos"]}
     assert set(infos) == {"optimizer.lr", "model.units", "trial", "state"}
@@ -108,6 +118,12 @@ def test_tensorboard_hparams_tab_shows_the_searched_ranges_and_each_trial_with_i
         if row["state"] == "COMPLETE":
             (val,) = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "val_accuracy"]
             assert val == pytest.approx(row["val_accuracy"], abs=1e-6)
+    replay = yaml.safe_load((out / "best.yaml").read_text())["command"]  # the batched winner alone, as printed
+    assert "trainer.program=" in replay
+    run_cli("train", *replay.split()[3:], "trainer.verbose=0", f"hydra.run.dir={tmp_path / 'replay'}")
+    logs = tmp_path / "replay" / "tensorboard"
+    assert hparams(logs)["model.units"] == trials.loc[trials["state"] == "COMPLETE", "model.units"].item()
+    assert scalars(logs, "val_accuracy") == {1: pytest.approx(trials["val_accuracy"].max(), abs=1e-6)}
 
 
 def wandb_records(path: Path) -> list:

@@ -16,5 +16,7 @@ The study:
     budget.py     the budget rules (pure)        recovery.py   trials cut short: given back, queued again
     optuna_internals.py / hydra_internals.py   the private APIs used, one adapter per library
 Results:
-    results.py    the CSV tables and YAML files  progress.py   what is printed    tracking.py  MLflow
+    results.py    the CSV tables and YAML files  progress.py   what is printed
+    tracking.py   MLflow    hparams.py   TensorBoard's HParams    wandb_tracking.py   Weights & Biases
+    launch.py     the workers as jobs of a Hydra launcher (SLURM, Ray, Dask, ...)
 """

@@ -18,6 +18,7 @@ from ..backend import use_backend
 from ..errors import UserError
 from ..files import write_csv, write_json, write_text
 from ..metrics import diverged
+from ..tensorboard_logs import LOG_DIR, write_run
 from .outcome import TrialOutcome
 from .pruning import PruningHook
 from .runner import Runner, task_config
@@ -124,6 +125,8 @@ class BatchRunner:
         history = metrics.pop("history")
         write_csv(out / "history.csv", history)
         write_json(out / "metrics.json", metrics)
+        if cfg.trainer.get("tensorboard"):  # its HParams session comes once it is told (src/sweep/hparams.py)
+            write_run(out / LOG_DIR, history, metrics["param_count"])
         if metrics.get("error") == "diverged":
             return diverged(cfg, len(history))
         if cfg.trainer.get("save_model") and (hook is None or hook.pruned_at is None):  # a pruned trial is never a winner

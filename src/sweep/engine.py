@@ -98,7 +98,7 @@ def join(sweep: Sweep, local: bool = True) -> int:
         results.write_study_info(folder / "study.yaml", sweep.name, sweep.storage.display, settings, sweep.space,
                                  sweep.budget)
         if sweep.task_config.get("trainer", {}).get("tensorboard"):  # TensorBoard's HParams tab: the searched ranges
-            hparams.write_experiment(folder, sweep.space.distributions, sweep.budget)
+            hparams.write_sweep_experiment(folder, sweep.space.distributions, sweep.budget)
     n_workers = plan_workers(settings.n_workers, sweep.budget, trials, sweep.name, needs_replay(sweep, study),
                              confirming=settings.confirm.top_k > 0 and not confirm.Confirmation(sweep).finished(),
                              cores=len(os.sched_getaffinity(0)) if local else settings.n_workers)
