@@ -258,20 +258,25 @@ def test_categorical_params_are_drawn_with_suggest(tmp_path):
     assert params["a"] in ("relu", "tanh") and 1 <= params["n"] <= 8
 
 
-def test_a_trial_whose_process_died_as_it_was_asked_is_given_back(tmp_path):
+def test_a_trial_whose_process_died_before_its_first_heartbeat_is_given_back(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
     orphan = study.ask()  # created, then its process died before it beat or claimed the trial
+    owned = study.ask()  # claimed (its owner set), then killed before the heartbeat thread's first beat
+    owned.set_user_attr("worker", "cmd/0/host/1")
     beating = study.ask()
-    with heartbeat(study, beating):  # a trial of another tool: beats, but has no owner of ours
+    with heartbeat(study, beating):  # a live trial (here one of another tool: beats, no owner of ours)
         unclaimed = Unclaimed(grace=0.5)
         unclaimed.recover(study, study.get_trials())
         assert study.get_trials()[0].state == TrialState.RUNNING  # not yet: seen for less than the grace period
         deadline = time.monotonic() + 30
-        while study.get_trials()[0].state == TrialState.RUNNING and time.monotonic() < deadline:
+        while TrialState.RUNNING in [t.state for t in study.get_trials()[:2]] and time.monotonic() < deadline:
             time.sleep(0.1)
             unclaimed.recover(study, study.get_trials())
+        assert unclaimed.beating == {beating.number}  # seen beating once: not queried again
     trials = study.get_trials()
-    assert trials[orphan.number].state == TrialState.FAIL and not uses_slot(trials[orphan.number])
+    for dead in (orphan, owned):
+        assert trials[dead.number].state == TrialState.FAIL and not uses_slot(trials[dead.number])
+        assert trials[dead.number].user_attrs["interrupted"]
     assert trials[beating.number].state == TrialState.RUNNING
 
 

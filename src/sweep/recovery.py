@@ -54,18 +54,25 @@ def give_back_owned(study: optuna.Study, owner: str, reason: str) -> list[int]:
 
 
 class Unclaimed:
-    """Running trials with neither an owner nor a heartbeat: their process died within milliseconds of
-    creating them. Given back once this process has seen one unclaimed for the grace period (timed by
-    this process's own clock, so no two machines' clocks are compared)."""
+    """Running trials that never beat: their process died between creating them and their first heartbeat,
+    which Optuna's thread records a moment later (longer while the storage is busy), owner set or not; Optuna's
+    stale-trial check never sees them. Given back once this process has seen one without a heartbeat for the
+    grace period (timed by this process's own clock, so no two machines' clocks are compared). A trial seen
+    beating is not asked about again: a beat that stops later is the stale-trial check's."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.seen: dict[int, float] = {}
+        self.beating: set[int] = set()
 
     def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
         now = time.monotonic()
-        unclaimed = {t.number: t for t in trials if t.state == TrialState.RUNNING and "worker" not in t.user_attrs}
-        self.seen = {n: self.seen.get(n, now) for n in unclaimed}
+        silent = {t.number: t for t in trials if t.state == TrialState.RUNNING and t.number not in self.beating}
+        self.seen = {n: self.seen.get(n, now) for n in silent}
         for number, since in self.seen.items():
-            if now - since > self.grace and not has_heartbeat(study, unclaimed[number]):
-                give_back(study, unclaimed[number], "its worker process died as it asked for the trial")
+            if now - since <= self.grace:
+                continue
+            if has_heartbeat(study, silent[number]):
+                self.beating.add(number)
+            else:
+                give_back(study, silent[number], "its worker process died before the trial's first heartbeat")
