@@ -20,14 +20,23 @@ SLOW_MODULES = {"test_batch_sweep", "test_batch_training", "test_bench_results",
                 "test_dask", "test_dashboard", "test_hos", "test_launchers", "test_packaging", "test_postgres_fixture",
                 "test_readme", "test_slurm", "test_sweep", "test_train"}
 SLOW_FIXTURES = {"quick_sweep", "postgres", "slurm", "dask_cluster", "ray_cluster"}
+# pytest-xdist runs the tests in two processes (pyproject's addopts: -n 2 --dist loadgroup); each process has its
+# own session fixtures, so the tests of an expensive one share a process: it starts once.
+ENGINES = {"postgres", "slurm", "dask_cluster", "ray_cluster"}
 DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module.__name__ in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.module.__name__ in SLOW_MODULES or SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if ENGINES & fixtures:
+            item.add_marker(pytest.mark.xdist_group("engines"))
+        elif "quick_sweep" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("quick_sweep"))
 
 
 @pytest.fixture(scope="session")
