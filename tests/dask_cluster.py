@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from engine_fixture import serve
+
 WORKERS = 3
 START_TIMEOUT = 90
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,14 +91,4 @@ def start_dask(base: Path) -> DaskCluster:
 
 @pytest.fixture(scope="session")
 def dask_cluster(tmp_path_factory) -> DaskCluster:
-    problem = None
-    try:
-        cluster = start_dask(tmp_path_factory.mktemp("dask"))
-    except Exception as err:  # noqa: BLE001 - every cause must show, with the log tails
-        problem = f"could not start Dask: {type(err).__name__}: {err}"
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from serve("Dask", start_dask, tmp_path_factory.mktemp("dask"))

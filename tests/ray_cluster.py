@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from engine_fixture import descendants, serve
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY_VENV = ROOT / ".venv-ray"
 RAY_PACKAGES = ["hydra-ray-launcher==1.2.2", "cloudpickle<3"]
@@ -77,7 +79,7 @@ class RayCluster:
     def stop(self) -> None:
         if self.process is None:
             return
-        family = [self.process.pid, *_descendants(self.process.pid)]
+        family = [self.process.pid, *descendants([self.process.pid])]
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)  # Cluster.shutdown(): every node's processes
         try:
@@ -90,20 +92,6 @@ class RayCluster:
             except ProcessLookupError:
                 pass
         self.process.wait()
-
-
-def _descendants(parent: int) -> list[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = [], [parent]
-    while frontier:
-        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += frontier
-    return found
 
 
 def start_ray(base: Path) -> RayCluster:
@@ -128,14 +116,4 @@ def start_ray(base: Path) -> RayCluster:
 def ray_cluster(tmp_path_factory, data_dir) -> RayCluster:
     """The cluster, started with the data folder in its environment: Ray's jobs have the environment of the
     nodes they run on, not the sweep command's."""
-    problem = None
-    try:
-        cluster = start_ray(tmp_path_factory.mktemp("ray"))
-    except Exception as err:  # noqa: BLE001 - every cause must show, with the log tails
-        problem = f"could not start Ray: {type(err).__name__}: {err}"
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from serve("Ray", start_ray, tmp_path_factory.mktemp("ray"))

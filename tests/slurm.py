@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from engine_fixture import descendants, serve
+
 START_TIMEOUT = 60
 
 
@@ -59,7 +61,7 @@ class SlurmCluster:
 
     def stop(self) -> None:
         """Stop the daemons, then any job step they leave behind (slurmstepd and its processes outlive slurmd)."""
-        steps = _descendants([proc.pid for proc in self.processes])
+        steps = descendants([proc.pid for proc in self.processes])
         for proc in self.processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -74,21 +76,6 @@ class SlurmCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def _descendants(parents: list[int]) -> list[int]:
-    """Every process under `parents` (from /proc)."""
-    ppid = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = [], list(parents)
-    while frontier:
-        frontier = [pid for pid, parent in ppid.items() if parent in frontier]
-        found += frontier
-    return found
 
 
 def _free_ports(n: int) -> list[int]:
@@ -160,14 +147,4 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory) -> SlurmCluster:
     """A single-node SLURM on 127.0.0.1 for the session; fails (never skips) when it can't start."""
-    problem = None
-    try:
-        cluster = start_slurm(tmp_path_factory.mktemp("slurm"))
-    except Exception as err:  # noqa: BLE001 - every cause must show, with the log tails
-        problem = f"could not start SLURM: {type(err).__name__}: {err}"
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from serve("SLURM", start_slurm, tmp_path_factory.mktemp("slurm"))
