@@ -137,6 +137,7 @@ def test_train_sweep_replay_and_analyze_from_a_project_with_its_own_src(installe
 
     analysed = keras_sweep(installed, data_dir, project, "analyze", "outputs/sweeps/quick")
     assert "model.units" in analysed.stdout
+    assert "Installed as a package: keras-sweep sweep -m" in keras_sweep(installed, data_dir, project, "sweep", "--help").stdout
     assert not (installed / "outputs").exists() and (project / "src" / "train.py").is_file()
 
 
