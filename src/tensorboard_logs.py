@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 LOG_DIR = "tensorboard"  # in a run's folder
 FINAL = ("accuracy", "loss", "val_accuracy", "val_loss", "best_val_accuracy", "epochs", "param_count")

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 from .backend import quiet_native_start
 from .errors import UserError
+from .tensorboard_logs import LOG_DIR  # in the run's folder: train/ and validation/ (Keras's), the HParams summary
 
-LOG_DIR = "tensorboard"  # in the run's folder: train/ and validation/ (Keras's), and the HParams summary
 HPARAM_GROUPS = ("data", "model", "optimizer", "trainer")
 NOT_HPARAMS = {"data.path"}  # a machine's folder, not a choice
 HParamValue = bool | int | float | str
