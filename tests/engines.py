@@ -33,10 +33,11 @@ def trials_of(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def wait_running(storage: str, name: str, deadline: float = 240) -> list[optuna.trial.FrozenTrial]:
-    """The study's running trials, once one has drawn its params."""
+    """The study's running trials, once one has drawn its params and its worker has claimed it."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        running = [t for t in trials_of(storage, name) if t.state == TrialState.RUNNING and t.params]
+        running = [t for t in trials_of(storage, name)
+                   if t.state == TrialState.RUNNING and t.params and "worker" in t.user_attrs]  # owner set after ask
         if running:
             return running
         time.sleep(0.3)
@@ -47,13 +48,17 @@ def check_exact(folder: Path, storage: str, name: str, n_trials: int, output: st
     """Exactly n_trials counted and complete, none running, no params twice, trials.csv as the storage has it."""
     trials = trials_of(storage, name)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    states = [(t.number, t.state.name, t.user_attrs.get("error"), t.user_attrs.get("worker")) for t in trials]
-    assert len(done) == n_trials and sum(map(uses_slot, trials)) == n_trials, f"{states}\n{output[-3000:]}"
+    assert len(done) == n_trials and sum(map(uses_slot, trials)) == n_trials, f"{states(trials)}\n{output[-3000:]}"
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert len({tuple(sorted(t.params.items())) for t in done}) == n_trials  # no params twice
     table = pd.read_csv(folder / "trials.csv")
     assert sorted(table[table["state"] == "COMPLETE"]["number"]) == sorted(t.number for t in done)
     return trials
+
+
+def states(trials: list[optuna.trial.FrozenTrial]) -> list[tuple]:
+    """What an assertion on a study's trials prints: number, state, params, error and worker of each."""
+    return [(t.number, t.state.name, t.params, t.user_attrs.get("error"), t.user_attrs.get("worker")) for t in trials]
 
 
 def slots(trials: list[optuna.trial.FrozenTrial]) -> set[str]:

@@ -27,6 +27,16 @@ def test_next_step_asks_waits_and_ends():
     assert budget.next_step(given_back, 1) == "ask" and budget.left(given_back, 1) == 1  # the queued retry
 
 
+def test_a_trial_cut_short_holds_its_slot_until_its_retry_is_queued():
+    cut = trial(0, TrialState.FAIL, error="interrupted", interrupted=True)
+    cut.system_attrs = {"retry": True}  # noted just before its FAIL, by the process giving it back
+    assert budget.slots_used([cut]) == 1 and budget.next_step([cut], 1) == "wait" and budget.queue_step([cut]) == "wait"
+    retry = trial(1, TrialState.WAITING)
+    retry.system_attrs = {"retry_history": [0]}  # Optuna's retry callback names the trial it retries
+    assert budget.slots_used([cut, retry]) == 1 and budget.within_budget([cut, retry], 1, 1)
+    assert budget.next_step([cut, retry], 1) == "ask"
+
+
 def test_queue_step():
     assert budget.queue_step([trial(0, TrialState.WAITING)]) == "ask"
     assert budget.queue_step([trial(0, TrialState.RUNNING)]) == "wait"

@@ -9,7 +9,7 @@ import time
 
 from optuna.trial import TrialState
 
-from engines import check_exact, files_holding, retried, slots, start, trials_of, wait_running
+from engines import check_exact, files_holding, retried, slots, start, states, trials_of, wait_running
 
 ON_DASK = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=1200", "trainer.epochs=3",
            "model.units=int(interval(8,64))", "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.pruner=none",
@@ -31,7 +31,7 @@ def test_twelve_trials_over_three_dask_tasks_one_worker_killed_mid_trial_on_post
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     trials = check_exact(out, url, "dask", 12, stdout + stderr)
-    assert retried(trials) and slots(trials) == {"0", "1", "2"}
+    assert retried(trials) and slots(trials) == {"0", "1", "2"}, states(trials)
     assert dask_cluster.processing() == []
     assert postgres.password not in stdout + stderr
     assert files_holding(postgres.password, [out, dask_cluster.base]) == []

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from conftest import error_lines, run_cli
-from engines import check_exact, files_holding, retried, slots, start, wait_running
+from engines import check_exact, files_holding, retried, slots, start, states, wait_running
 
 # Six one-epoch trials on few images, two at a time per worker, two workers; dead workers found in seconds.
 LAUNCHED = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600", "trainer.epochs=2",
@@ -62,7 +62,7 @@ def test_a_submitit_job_killed_mid_trial_has_its_trials_retried_and_the_study_en
     assert proc.returncode == 0, stderr[-3000:]
     trials = check_exact(out, storage, "launched", 6, stdout + stderr)
     dead = next(t for t in trials if t.number == victim.number)
-    assert dead.state == TrialState.FAIL and retried(trials)  # failed as stale: its slot given back, its params rerun
+    assert dead.state == TrialState.FAIL and retried(trials), states(trials)  # failed as stale: its slot given back, its params rerun
     assert job_processes(out) == []
 
 

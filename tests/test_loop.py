@@ -20,8 +20,11 @@ from src.errors import UserError
 from src.sweep import budget
 from src.sweep.confirm import Confirmation
 from src.sweep.context import Sweep
+from src.sweep import recovery
 from src.sweep.loop import Claim, Patience, drain
+from src.sweep.optuna_internals import frozen, heartbeat, set_system_attr
 from src.sweep.outcome import TrialOutcome, tell
+from src.sweep.recovery import STALE, give_back, queue_again
 from src.sweep.search import Search
 from src.sweep.settings import SweeperSettings
 from src.sweep.space import SearchSpace
@@ -131,6 +134,53 @@ def test_drain_fails_stale_and_unclaimed_trials_before_it_decides(tmp_path):
     trials = study.get_trials()
     assert trials[orphan.number].state == TrialState.FAIL and trials[orphan.number].user_attrs["interrupted"]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2 and time.monotonic() - start < 30
+
+
+def test_a_trial_given_back_holds_its_slot_until_its_retry_is_queued(tmp_path, monkeypatch):
+    """A worker looking between another's FAIL and its queued retry asks no fresh trial; the retry then runs."""
+    study = new_study(tmp_path)
+    study.tell(first := study.ask(), first.suggest_float("x", 0.0, 1.0))
+    cut = study.ask()
+    x = cut.suggest_float("x", 0.0, 1.0)
+    looked: list[str] = []
+
+    def look_first(study: optuna.Study, trial: FrozenTrial) -> None:
+        looked.append(budget.next_step(study.get_trials(deepcopy=False), 2))
+        queue_again(study, trial)
+
+    monkeypatch.setattr(recovery, "queue_again", look_first)
+    assert give_back(study, frozen(study, cut), "its worker died")
+    assert looked == ["wait"]  # a free slot here would go to a fresh trial and leave the retry past the budget
+    monkeypatch.undo()
+    assert drain(study, Budgeted(2, 1), "w", grace=2, heartbeat_interval=1) == "done"
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) == 2 and done[1].params == {"x": x}  # the cut trial's params ran again, within the budget
+
+
+def test_a_stale_trial_is_given_back_with_its_reason_and_its_params_run_again(tmp_path):
+    study = new_study(tmp_path)
+    stale = study.ask()
+    x = stale.suggest_float("x", 0.0, 1.0)
+    with heartbeat(study, stale):  # one beat, then its worker is gone
+        time.sleep(0.1)
+    assert drain(study, Budgeted(1, 1), "w", grace=2, heartbeat_interval=1) == "done"  # waits out the grace
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["error"] == STALE
+    assert [t.params for t in trials if t.state == TrialState.COMPLETE] == [{"x": x}]
+
+
+def test_a_retry_never_queued_lets_its_slot_go_after_the_grace_period(tmp_path, capsys):
+    study = new_study(tmp_path)
+    cut = study.ask()
+    cut.suggest_float("x", 0.0, 1.0)
+    set_system_attr(study, frozen(study, cut), "retry", True)  # its process died between the FAIL and the queue
+    study.tell(cut, state=TrialState.FAIL)
+    assert budget.next_step(study.get_trials(), 1) == "wait"
+    assert drain(study, Budgeted(1, 1), "w", grace=0.3, heartbeat_interval=0.1) == "done"
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]  # let go, then new
+    assert not budget.uses_slot(trials[1]) and trials[1].system_attrs["retry_history"] == [0]
+    assert "trial 0 was cut short and its retry never queued" in capsys.readouterr().err
 
 
 def test_retire_when_the_policy_claims_nothing(tmp_path):

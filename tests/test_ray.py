@@ -9,7 +9,7 @@ import time
 
 from optuna.trial import TrialState
 
-from engines import check_exact, retried, slots, start, trials_of, wait_running
+from engines import check_exact, retried, slots, start, states, trials_of, wait_running
 
 ON_RAY = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=600", "trainer.epochs=2",
           "model.units=int(interval(8,64))", "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.pruner=none",
@@ -34,7 +34,7 @@ def test_six_trials_over_two_ray_jobs_one_worker_process_killed_mid_trial(tmp_pa
     assert "2 job(s) of hydra/launcher=ray" in stdout
     assert "object_store_memory must not be provided" not in stderr  # joined as given, no extra override needed
     trials = check_exact(out, f"sqlite:///{out / 'study.db'}", "ray", 6, stdout + stderr)
-    assert retried(trials) and slots(trials) == {"0", "1"}
+    assert retried(trials) and slots(trials) == {"0", "1"}, states(trials)
     assert ray_cluster.running_jobs() == []
 
 

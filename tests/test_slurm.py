@@ -11,7 +11,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from engines import check_exact, files_holding, retried, slots, start, trials_of, wait_running
+from engines import check_exact, files_holding, retried, slots, start, states, trials_of, wait_running
 
 # 12 short trials, 2 at a time per worker, 3 one-CPU SLURM jobs; dead workers found in seconds.
 ON_SLURM = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=1200", "trainer.epochs=3",
@@ -34,8 +34,7 @@ def test_twelve_trials_over_three_slurm_jobs_one_cancelled_mid_trial_on_postgres
     assert proc.returncode == 0, stderr[-3000:]
     assert "3 job(s) of hydra/launcher=submitit_slurm" in stdout
     trials = check_exact(out, url, "slurm", 12, stdout + stderr)
-    states = [(t.number, t.state.name, t.user_attrs.get("error"), t.user_attrs.get("worker")) for t in trials]
-    assert retried(trials) and slots(trials) == {"0", "1", "2"}, states  # every job claimed trials
+    assert retried(trials) and slots(trials) == {"0", "1", "2"}, states(trials)  # every job claimed trials
     assert len([line for line in stdout.splitlines() if line.startswith("trial ")]) >= 12
     assert slurm.jobs() == []
     # the password reached the jobs by environment only: no file the launcher, the jobs or the daemons' logs hold it
@@ -80,7 +79,8 @@ def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_
     assert proc.returncode == 0, stderr[-3000:]
     trials = check_exact(out, url, "slurm", 12, stdout + stderr)
     reasons = [t.user_attrs.get("error") for t in trials if t.state == TrialState.FAIL]
-    assert retried(trials) and all(t.user_attrs.get("interrupted") for t in trials if t.state == TrialState.FAIL)
+    assert retried(trials) and all(t.user_attrs.get("interrupted") for t in trials if t.state == TrialState.FAIL), \
+        states(trials)
     assert any("SIGTERM" in r for r in reasons), reasons  # the requeue stopped its job's worker
     deadline = time.monotonic() + 60
     while slurm.jobs() and time.monotonic() < deadline:  # the requeued job, cancelled once no work is left

@@ -3,6 +3,9 @@ what a worker does next, how many trials it claims, when failures stop the sweep
 
 No lock is needed: a trial may run only if fewer than `n_trials` trials with lower numbers use a slot
 (`within_budget`), which no later change can make false, since a trial never starts using a slot again.
+A trial cut short keeps its slot until its retry is queued (`awaiting_retry`): otherwise another worker
+looking in between would take the slot for a fresh trial, and the retry, numbered after it, would find no
+room and its params would be lost.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 Step = Literal["ask", "wait", "done"]
+RETRY = "retry"  # a trial's system attribute: True from just before its FAIL until its retry is queued (or let go)
 
 
 def uses_slot(t: FrozenTrial) -> bool:
@@ -28,29 +32,44 @@ def uses_slot(t: FrozenTrial) -> bool:
     return True
 
 
+def awaiting_retry(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials cut short whose params are to be queued again (`retry` noted before their FAIL) and are not yet:
+    they keep their slot until the retry exists, which then holds it."""
+    queued = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    return [t for t in trials if t.state == TrialState.FAIL and t.system_attrs.get(RETRY) is True
+            and t.number not in queued]
+
+
+def slot_holders(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials holding one of the study's slots: those using one and those awaiting their retry."""
+    return [t for t in trials if uses_slot(t)] + awaiting_retry(trials)
+
+
 def slots_used(trials: Sequence[FrozenTrial]) -> int:
-    return sum(map(uses_slot, trials))
+    return len(slot_holders(trials))
 
 
 def within_budget(trials: Sequence[FrozenTrial], number: int, budget: int) -> bool:
-    """Whether trial `number` may run: fewer than `budget` trials numbered below it use a slot."""
-    return sum(1 for t in trials if t.number < number and uses_slot(t)) < budget
+    """Whether trial `number` may run: fewer than `budget` trials numbered below it hold a slot."""
+    return sum(1 for t in slot_holders(trials) if t.number < number) < budget
 
 
 def next_step(trials: Sequence[FrozenTrial], budget: int) -> Step:
     """`ask` while a slot is free or a queued trial fits the budget; `wait` while others' running trials
-    may still give slots back; `done` when every slot is used by a finished trial."""
+    may still give slots back or a retry is about to be queued; `done` when every slot is used by a finished
+    trial."""
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     if slots_used(trials) < budget or any(within_budget(trials, t.number, budget) for t in waiting):
         return "ask"
-    return "wait" if any(t.state == TrialState.RUNNING for t in trials) else "done"
+    return "wait" if any(t.state == TrialState.RUNNING for t in trials) or awaiting_retry(trials) else "done"
 
 
 def queue_step(trials: Sequence[FrozenTrial]) -> Step:
-    """For a queue of fixed runs (confirmation, test): `ask` while one waits, `wait` while others run."""
+    """For a queue of fixed runs (confirmation, test): `ask` while one waits, `wait` while others run or a run
+    cut short is about to be queued again."""
     if any(t.state == TrialState.WAITING for t in trials):
         return "ask"
-    return "wait" if any(t.state == TrialState.RUNNING for t in trials) else "done"
+    return "wait" if any(t.state == TrialState.RUNNING for t in trials) or awaiting_retry(trials) else "done"
 
 
 def left(trials: Sequence[FrozenTrial], budget: int) -> int:

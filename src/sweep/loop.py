@@ -24,7 +24,7 @@ from ..errors import first_line
 from .budget import Step
 from .optuna_internals import frozen, heartbeat, storage_url
 from .processes import INTERRUPTED, signals_held
-from .recovery import Unclaimed, give_back
+from .recovery import Unclaimed, Unretried, fail_stale, give_back
 from .storage import cause, masking
 
 
@@ -52,10 +52,12 @@ class Policy(Protocol):
 
 def drain(study: optuna.Study, policy: Policy, owner: str, grace: float, heartbeat_interval: float) -> Literal["done", "retired"]:
     """Claim and run trials until the policy's phase is done (or this worker should retire)."""
-    unclaimed, patience = Unclaimed(grace), Patience(heartbeat_interval)
+    unclaimed, unretried, patience = Unclaimed(grace), Unretried(grace), Patience(heartbeat_interval)
     while True:
-        optuna.storages.fail_stale_trials(study)  # Optuna's retry callback queues them again
-        unclaimed.recover(study, study.get_trials(deepcopy=False))
+        fail_stale(study)  # given back and queued again
+        seen = study.get_trials(deepcopy=False)
+        unclaimed.recover(study, seen)
+        unretried.recover(study, seen)
         trials = study.get_trials(deepcopy=False)
         policy.check(trials)
         step = policy.step(trials)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread, is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -21,6 +21,20 @@ def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, **att
     """Set user attributes of a trial known by its frozen record (Optuna's public setter needs a live Trial)."""
     for key, value in attrs.items():
         study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def set_system_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
+    """Note the sweeper's own state on a trial known by its frozen record (kept from dashboards' user attributes)."""
+    study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The running trials whose heartbeat stopped for the grace period, by the storage's own check (the first half
+    of Optuna's `fail_stale_trials`, which fails them all before its retry callback queues any)."""
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+        return []
+    return [storage.get_trial(trial_id) for trial_id in storage._get_stale_trial_ids(study._study_id)]
 
 
 def fail(study: optuna.Study, trial: FrozenTrial) -> bool:

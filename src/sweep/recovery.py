@@ -1,23 +1,27 @@
 """Trials cut short (Ctrl-C, a signal, a dead worker, a trial asked past the budget): failed so that they no
 longer count, and their params queued again, at most MAX_RETRY times.
 
-Coordination is Optuna's own: a heartbeat thread marks a running trial alive, `fail_stale_trials` fails
-the ones whose worker stopped beating, and the retry callback (`queue_again`) queues their params again.
-Only the process whose FAIL lands queues the retry, so a trial is never queued twice.
+Coordination is Optuna's own: a heartbeat thread marks a running trial alive, the storage's stale-trial check
+finds the ones whose worker stopped beating, and Optuna's retry callback (`queue_again`) queues their params
+again. Only the process whose FAIL lands queues the retry, so a trial is never queued twice; the trial holds
+its slot from its FAIL until its retry is queued (`budget.awaiting_retry`), so no fresh trial takes it.
 """
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from .optuna_internals import fail, has_heartbeat, set_user_attrs
+from .budget import RETRY, awaiting_retry
+from .optuna_internals import fail, has_heartbeat, set_system_attr, set_user_attrs, stale_trials
 
 MAX_RETRY = 3  # a trial cut short is queued again at most this often
 OWN_ATTRS = ("worker", "error", "interrupted")  # belong to one attempt, not to the params queued again
+STALE = "its worker stopped beating (no heartbeat within the grace period)"
 
 
 def queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -25,7 +29,7 @@ def queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
     times), without its owner or last heartbeat: those belong to the attempt that ended."""
     fresh = copy.deepcopy(trial)
     fresh.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in OWN_ATTRS}
-    fresh.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != "heartbeat"}
+    fresh.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in ("heartbeat", RETRY)}
     RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, fresh)
 
 
@@ -35,15 +39,25 @@ def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool 
     Returns False when the trial had finished already (another worker or its own process got there first):
     only the process whose FAIL lands queues the retry, as with Optuna's stale-trial check.
     """
+    retry = retry and bool(trial.params or "fixed_params" in trial.system_attrs) and \
+        len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY  # a queued trial cut short before it drew: none
     try:
         set_user_attrs(study, trial, interrupted=True, error=reason)
+        if retry:
+            set_system_attr(study, trial, RETRY, True)  # its slot stays taken from the FAIL to the queued retry
         if not fail(study, trial):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    if retry and (trial.params or "fixed_params" in trial.system_attrs):  # a queued trial cut short before it drew
+    if retry:
         queue_again(study, trial)
     return True
+
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Give back the trials whose worker stopped beating (Optuna's stale-trial check), each as one cut short:
+    Optuna's `fail_stale_trials` would fail them all before queuing any, leaving their slots free meanwhile."""
+    return [t.number for t in stale_trials(study) if give_back(study, t, STALE)]
 
 
 def give_back_owned(study: optuna.Study, owner: str, reason: str) -> list[int]:
@@ -76,3 +90,32 @@ class Unclaimed:
                 self.beating.add(number)
             else:
                 give_back(study, silent[number], "its worker process died before the trial's first heartbeat")
+
+
+class Unretried:
+    """Trials cut short whose retry was never queued: the process that failed them died before it queued it.
+    Once this process has seen one so for the grace period (by its own clock), its slot is let go: a FAIL record
+    takes the retry's place (a finished trial takes no new attribute). Its params are not run again: queuing
+    them here could queue them twice, from two processes at once; two FAIL records hold no slot."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.seen: dict[int, float] = {}
+
+    def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        now = time.monotonic()
+        awaiting = {t.number: t for t in awaiting_retry(trials)}
+        self.seen = {n: self.seen.get(n, now) for n in awaiting}
+        for number, since in self.seen.items():
+            if now - since > self.grace:
+                print(f"warning: trial {number} was cut short and its retry never queued (the process that failed "
+                      f"it ended); its slot goes to a new trial", file=sys.stderr, flush=True)
+                _let_go(study, awaiting[number])
+
+
+def _let_go(study: optuna.Study, trial: FrozenTrial) -> None:
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params=trial.params, distributions=trial.distributions,
+        user_attrs={"error": "not run: the retry of a trial whose process ended before queuing it", "interrupted": True},
+        system_attrs={"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}))
