@@ -67,10 +67,11 @@ def slots(trials: list[optuna.trial.FrozenTrial]) -> set[str]:
 
 
 def retried(trials: list[optuna.trial.FrozenTrial]) -> bool:
-    """Every trial cut short gave its slot back and its params ran again to the end."""
+    """Every trial cut short gave its slot back and its params ran again to the end (those it had drawn: one cut
+    between two draws is retried with those and draws the rest)."""
     cut = [t for t in trials if t.state == TrialState.FAIL]
     return bool(cut) and all(not uses_slot(t) for t in cut) and all(
-        any(d.params == t.params and d.state == TrialState.COMPLETE for d in trials) for t in cut if t.params)
+        any(t.params.items() <= d.params.items() and d.state == TrialState.COMPLETE for d in trials) for t in cut if t.params)
 
 
 def files_holding(secret: str, places: Iterable[Path]) -> list[Path]:

@@ -21,7 +21,7 @@ from .optuna_internals import fail, has_heartbeat, set_system_attr, set_user_att
 
 MAX_RETRY = 3  # a trial cut short is queued again at most this often
 OWN_ATTRS = ("worker", "error", "interrupted")  # belong to one attempt, not to the params queued again
-STALE = "its worker stopped beating (no heartbeat within the grace period)"
+STALE = "its worker stopped: no heartbeat within the grace period"  # as trials.csv tells older stale trials
 
 
 def queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
