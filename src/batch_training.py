@@ -1,8 +1,8 @@
 """K dense networks of one structure trained at once, as one compiled program.
 
 A small trial spends most of its time building and tracing a new Keras model, not on its arithmetic.
-Here trials that share a structure (depth, activation, batch size, classes, dropout on or off,
-optimizer, data) share one compiled *epoch program*, and K of them train in it at once: every weight
+Here trials that share a structure (depth, activation, batch size, classes, dropout and input dropout on
+or off, batch norm, optimizer, data) share one compiled *epoch program*, and K of them train in it at once: every weight
 carries a leading trial axis ([K, in, out] kernels, [K, out] biases) and each layer is one batched
 matmul. Hidden widths are padded up to a bucket (the next power of two, at least 8; for long trials,
 whose arithmetic outweighs a trace, the next multiple of 8), with a 0/1 unit mask per trial, so trials
@@ -13,7 +13,8 @@ per coarse structure has the deepest layout seen, each trial picks its activatio
 past its depth (they pass its activations through unchanged).
 
 Everything that differs between trials is a runtime tensor, never a Python constant baked into the
-trace: weights, learning rate, Adam's betas and epsilon, SGD's momentum, dropout rate, unit masks,
+trace: weights, learning rate, Adam's betas and epsilon, SGD's and RMSprop's momentum, RMSprop's rho, weight
+decay, label smoothing, dropout rates, batch norm's moving statistics, unit masks,
 shuffling orders, dropout keys, which trials are still training (in a mixed program, depth and
 activation too). So a new structure costs one trace
 and the same structure again costs none (`BatchTrainer` owns the cache of programs).
@@ -24,7 +25,9 @@ or whose loss became NaN is frozen: its weights and optimizer state stop changin
 more epochs; NaN in one trial never reaches the others (their weights are separate slices).
 
 The arithmetic is Keras's: `keras.ops` everywhere, glorot-uniform kernels and zero biases like
-`keras.layers.Dense`, Adam and SGD exactly as `keras.optimizers` update, the cosine schedule as
+`keras.layers.Dense`, `keras.layers.BatchNormalization` per trial (its batch statistics in training, its moving
+ones for validation and test), Adam, AdamW, SGD and RMSprop exactly as `keras.optimizers` update (decoupled
+weight decay included), label smoothing as `keras.losses.CategoricalCrossentropy`, the cosine schedule as
 `keras.optimizers.schedules.CosineDecay`, per-epoch loss and accuracy as `fit` logs them (the mean over
 the epoch's samples, with dropout on, before each batch's update). Two small functions are backend
 specific: `compile_program` (one `tf.function` or `jax.jit`) and `value_and_grad` (`tf.GradientTape`
@@ -55,7 +58,7 @@ with quiet_native_start():  # and its start-up banner, once per process
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from keras import ops  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .config import check as check_config  # noqa: E402
 from .data import Splits, check_classes, load  # noqa: E402
@@ -71,9 +74,16 @@ EVAL_ROWS = 4096  # validation rows scored per batched forward pass: bounds memo
 
 # The dense model's keys the batched path implements; any other key (e.g. input_dropout) set to a value
 # other than 0, false or null sends the trial to one-at-a-time training, so a new model option is never ignored.
-MODEL_KEYS = {"units", "layers", "widths", "activation", "dropout", "batch_norm"}
-# Optimizers the batched path implements, with the config keys each may carry besides name and lr.
-OPTIMIZER_KNOBS = {"adam": {"beta_1", "beta_2", "epsilon", "amsgrad"}, "sgd": {"momentum", "nesterov"}}
+MODEL_KEYS = {"units", "layers", "widths", "activation", "dropout", "input_dropout", "batch_norm"}
+# Optimizers the batched path implements, with the config keys each may carry besides name and lr (every one
+# takes Keras's decoupled `weight_decay`; AdamW is Adam whose weight_decay defaults to 0.004).
+ADAM_KNOBS = {"beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"}
+OPTIMIZER_KNOBS = {"adam": ADAM_KNOBS, "adamw": ADAM_KNOBS, "sgd": {"momentum", "nesterov", "weight_decay"},
+                   "rmsprop": {"rho", "momentum", "epsilon", "centered", "weight_decay"}}
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.004}  # Keras's defaults where not 0
+# Categorical cross-entropy as trainer.loss may give it: by name, or a _target_ block with label smoothing.
+CROSSENTROPY = ("keras.losses.CategoricalCrossentropy", "keras.losses.categorical_crossentropy")
+BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3  # keras.layers.BatchNormalization's defaults, as src.model builds it
 # Hidden activations that act on each unit alone: a padded unit cannot change a real unit's value.
 ELEMENTWISE = {"relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish", "tanh",
                "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "softplus", "softsign", "exponential", "linear"}
@@ -109,6 +119,8 @@ class GroupKey(NamedTuple):
     buckets: tuple[int, ...]  # padded width of each hidden layer
     activation: str
     dropout: bool  # on or off; the rate is a runtime value
+    input_dropout: bool  # on or off; the rate is a runtime value
+    batch_norm: bool
     batch_size: int
     n_classes: int
     data: tuple  # path, classes, n_train, validation_split, seed: trials of a group share one data set
@@ -119,21 +131,21 @@ class GroupKey(NamedTuple):
 
 def group_key(cfg: Any) -> GroupKey | None:
     """What `cfg` must share with other trials to train in one program with them, or None when the batched
-    path cannot express it (a user model, batch norm, another loss or optimizer, callbacks, ...): such a
-    trial trains alone through `src.training.run`. Hidden widths enter only as their buckets."""
+    path cannot express it (a user model, another loss or optimizer, callbacks, ...): such a trial trains
+    alone through `src.training.run`. Hidden widths enter only as their buckets."""
     model, trainer, optimizer, data = cfg.model, cfg.trainer, cfg.optimizer, cfg.data
-    if "_target_" in model or model.get("batch_norm") or "_target_" in optimizer:
+    if "_target_" in model or "_target_" in optimizer:
         return None
     if any(model[k] for k in set(model) - MODEL_KEYS):
         return None
     name = str(optimizer.get("name", "")).lower()
     if name not in OPTIMIZER_KNOBS or set(optimizer) - {"name", "lr"} - OPTIMIZER_KNOBS[name]:
         return None
-    if name == "adam" and optimizer.get("amsgrad"):
+    if optimizer.get("amsgrad") or optimizer.get("centered"):
         return None
-    if trainer.loss != "categorical_crossentropy" or any(m not in ("accuracy", "acc") for m in trainer.metrics or []):
+    if label_smoothing(trainer.loss) is None or any(m not in ("accuracy", "acc") for m in trainer.metrics or []):
         return None
-    if trainer.get("callbacks"):
+    if not all(map(early_stopping, trainer.get("callbacks") or [])):
         return None
     if trainer.get("lr_schedule", "constant") not in ("constant", "cosine") or model.activation not in ELEMENTWISE:
         return None
@@ -143,9 +155,51 @@ def group_key(cfg: Any) -> GroupKey | None:
     except UserError:
         return None  # a bad config: training it alone gives the one-line error
     return GroupKey(backend=trainer.backend, buckets=tuple(bucket(w) for w in widths), activation=model.activation,
-                    dropout=model.dropout > 0, batch_size=trainer.batch_size, n_classes=len(classes),
+                    dropout=model.dropout > 0, input_dropout=bool(model.get("input_dropout")),
+                    batch_norm=bool(model.get("batch_norm")), batch_size=trainer.batch_size, n_classes=len(classes),
                     data=(data.path, classes, data.n_train, data.validation_split, data.seed),
                     loss="categorical_crossentropy", lr_schedule=trainer.get("lr_schedule", "constant"), optimizer=name)
+
+
+def label_smoothing(loss: Any) -> float | None:
+    """The label smoothing of `trainer.loss` when it is categorical cross-entropy on probabilities (0 by name), else
+    None: the batched path computes no other loss."""
+    if isinstance(loss, str):
+        return 0.0 if loss == "categorical_crossentropy" else None
+    block = OmegaConf.to_container(loss) if isinstance(loss, DictConfig) else dict(loss)
+    if block.pop("_target_", None) not in CROSSENTROPY or block.pop("from_logits", False):
+        return None
+    smoothing = block.pop("label_smoothing", 0.0)
+    return None if block or not isinstance(smoothing, (int, float)) else float(smoothing)
+
+
+def early_stopping(block: Any) -> bool:
+    """Whether a `trainer.callbacks` block is a Keras EarlyStopping the batched path drives per trial: on a metric
+    it logs, without restore_best_weights (which would keep a copy of each trial's weights)."""
+    return isinstance(block, (dict, DictConfig)) and block.get("_target_") == "keras.callbacks.EarlyStopping" and \
+        block.get("monitor", "val_loss") in ("loss", "accuracy", "val_loss", "val_accuracy") and \
+        not block.get("restore_best_weights", False)
+
+
+class _Stopper:
+    """Keras's own EarlyStopping callbacks of one trial, fed its epoch logs; `stop_training` as `fit` reads it."""
+
+    def __init__(self, blocks: Sequence[Any]) -> None:
+        from hydra.utils import instantiate
+
+        self.stop_training = False
+        self.callbacks = [instantiate(block) for block in blocks]
+        for callback in self.callbacks:
+            callback.set_model(self)
+            callback.on_train_begin()
+            if callback.mode == "auto" and callback.monitor.removeprefix("val_") == "accuracy":
+                callback.monitor_op = ops.greater  # as Keras finds it from the compiled accuracy metric's direction
+
+    def stops(self, epoch: int, logs: dict[str, float]) -> bool:
+        """After epoch `epoch` (from 1): whether a callback stopped the trial."""
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch - 1, dict(logs))
+        return self.stop_training
 
 
 def common_key(keys: Sequence[GroupKey | None]) -> GroupKey:
@@ -223,10 +277,12 @@ def _exact(key: GroupKey) -> Program:
     return Program(key._replace(buckets=()), key.buckets, (key.activation,), mixed=False)
 
 
-def param_count(widths: Sequence[int], n_classes: int) -> int:
-    """Weights of the real (unpadded) network, counted as Keras counts a Dense stack: in*out + out per layer."""
+def param_count(widths: Sequence[int], n_classes: int, batch_norm: bool = False) -> int:
+    """Weights of the real (unpadded) network, counted as Keras counts a Dense stack: in*out + out per layer;
+    with batch norm, a hidden layer has no bias and 4 values per unit (gamma, beta, moving mean and variance)."""
     sizes = [N_INPUTS, *widths, n_classes]
-    return sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+    dense = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+    return dense + 3 * sum(widths) if batch_norm else dense
 
 
 # --- Each trial's randomness, from its own seed only (on the host, with NumPy) --------------------
@@ -236,11 +292,14 @@ def _rng(seed: int, *purpose: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFF_FFFF_FFFF_FFFF, *purpose])
 
 
-def init_weights(seed: int, widths: Sequence[int], buckets: Sequence[int], n_classes: int) -> list[np.ndarray]:
+def init_weights(seed: int, widths: Sequence[int], buckets: Sequence[int], n_classes: int,
+                 batch_norm: bool = False) -> list[np.ndarray]:
     """[kernel, bias, kernel, bias, ...] padded to `buckets`: glorot-uniform kernels drawn at the real
     shape (limit sqrt(6 / (fan_in + fan_out)) of the real widths, as `keras.layers.Dense`), zero biases;
     the padded rows, columns and bias entries are 0. With more buckets than widths (a mixed program),
-    the layers past the trial's depth are all 0 and the output layer comes last."""
+    the layers past the trial's depth are all 0 and the output layer comes last. With batch norm, each
+    hidden layer's gamma (ones) and beta (zeros) follow, as `keras.layers.BatchNormalization` starts; its
+    hidden biases stay 0 (Keras's Dense before batch norm has none)."""
     rng = _rng(seed, 0)
     real, padded = [N_INPUTS, *widths, n_classes], [N_INPUTS, *buckets, n_classes]
     slots = [*range(len(widths)), len(buckets)]  # where each real layer sits among the padded ones
@@ -248,7 +307,14 @@ def init_weights(seed: int, widths: Sequence[int], buckets: Sequence[int], n_cla
     for slot, fan_in, fan_out in zip(slots, real[:-1], real[1:]):
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         weights[2 * slot][:fan_in, :fan_out] = rng.uniform(-limit, limit, (fan_in, fan_out))
+    if batch_norm:
+        weights += [np.full(b, value, np.float32) for b in buckets for value in (1.0, 0.0)]
     return weights
+
+
+def init_moving(buckets: Sequence[int]) -> list[np.ndarray]:
+    """Batch norm's moving [mean, variance, mean, variance, ...] per hidden layer, as Keras starts them: 0 and 1."""
+    return [np.full(b, value, np.float32) for b in buckets for value in (0.0, 1.0)]
 
 
 def epoch_order(seed: int, epoch: int, n: int, steps: int, batch_size: int) -> np.ndarray:
@@ -295,20 +361,54 @@ def dropout(h: Any, rate: Any, keys: Any, counter: Any) -> Any:
     return ops.where(uniform >= rate, h / (1.0 - rate), 0.0)
 
 
+class BatchNorm:
+    """`keras.layers.BatchNormalization` of K trials' [K, B, H] pre-activations, one hidden layer at a time.
+    Training (`sample_weight` [B] given): each trial's mean and (biased) variance over its own batch, the padding
+    rows of a last batch weighted 0 as Keras's smaller last batch has none, and its moving statistics updated
+    (`updated`); scoring: the moving statistics. Then gamma and beta, as `tf.nn.batch_normalization` applies them."""
+
+    def __init__(self, moving: Sequence[Any], sample_weight: Any = None) -> None:
+        self.moving, self.sample_weight = moving, sample_weight
+        self.updated: list[Any] = []
+
+    def __call__(self, z: Any, layer: int, gamma: Any, beta: Any) -> Any:
+        moving_mean, moving_variance = self.moving[2 * layer], self.moving[2 * layer + 1]
+        if self.sample_weight is None:
+            mean, variance = moving_mean, moving_variance
+        else:
+            weight, n = ops.reshape(self.sample_weight, (1, -1, 1)), ops.sum(self.sample_weight)
+            mean = ops.sum(z * weight, axis=1) / n
+            variance = ops.sum(ops.square(z - ops.expand_dims(mean, 1)) * weight, axis=1) / n
+            self.updated += [moving_mean * BN_MOMENTUM + mean * (1.0 - BN_MOMENTUM),
+                             moving_variance * BN_MOMENTUM + variance * (1.0 - BN_MOMENTUM)]
+        inv = ops.rsqrt(variance + BN_EPSILON) * gamma
+        return z * ops.expand_dims(inv, 1) + ops.expand_dims(beta - mean * inv, 1)
+
+
 def forward(weights: Sequence[Any], x: Any, masks: Sequence[Any], activation: Callable[[Any], Any],
-            drop: Callable[[Any, int], Any] | None = None, depth: Any = None) -> Any:
+            drop: Callable[[Any, int], Any] | None = None, depth: Any = None, norm: BatchNorm | None = None,
+            drop_input: Callable[[Any], Any] | None = None) -> Any:
     """Logits [K, B, classes] of K stacked networks. `x` is [K, B, 784] (each trial its own batch) or
-    [B, 784] (shared, for scoring). Each hidden layer: batched matmul, bias, activation, then the trial's
-    0/1 unit mask, so padded units are exactly 0 and carry no gradient; then dropout when training.
-    `depth` [K] (a mixed program): trial k's layers from depth[k] on pass h through unchanged."""
+    [B, 784] (shared, for scoring); `drop_input` drops pixels when training. Each hidden layer: batched matmul,
+    bias (or batch norm: `norm`), activation, then the trial's 0/1 unit mask, so padded units are exactly 0 and
+    carry no gradient; then dropout when training. `depth` [K] (a mixed program): trial k's layers from
+    depth[k] on pass h through unchanged. Weights: [kernel, bias] per layer, output last, then [gamma, beta]
+    per hidden layer with batch norm."""
     h = x if len(x.shape) == 3 else ops.expand_dims(x, 0)
+    if drop_input is not None:
+        h = drop_input(h)
+    n_hidden = len(masks)
     for layer, mask in enumerate(masks):
-        kernel, bias = weights[2 * layer], weights[2 * layer + 1]
-        new = activation(ops.matmul(h, kernel) + ops.expand_dims(bias, 1)) * ops.expand_dims(mask, 1)
+        z = ops.matmul(h, weights[2 * layer])
+        if norm is None:
+            z = z + ops.expand_dims(weights[2 * layer + 1], 1)
+        else:
+            z = norm(z, layer, *weights[2 * n_hidden + 2 + 2 * layer:2 * n_hidden + 4 + 2 * layer])
+        new = activation(z) * ops.expand_dims(mask, 1)
         if drop is not None:
             new = drop(new, layer)
         h = new if depth is None or layer == 0 else ops.where(ops.reshape(depth > layer, (-1, 1, 1)), new, h)
-    return ops.matmul(h, weights[-2]) + ops.expand_dims(weights[-1], 1)
+    return ops.matmul(h, weights[2 * n_hidden]) + ops.expand_dims(weights[2 * n_hidden + 1], 1)
 
 
 def activation_of(names: Sequence[str], index: Any) -> Callable[[Any], Any]:
@@ -327,20 +427,25 @@ def activation_of(names: Sequence[str], index: Any) -> Callable[[Any], Any]:
     return mixed
 
 
-def sample_losses(logits: Any, y: Any) -> tuple[Any, Any]:
-    """Categorical cross-entropy and 0/1 correctness per sample, both [K, B]; `y` one-hot [K or 1, B, C]."""
-    losses = -ops.sum(y * ops.log_softmax(logits, axis=-1), axis=-1)
+def sample_losses(logits: Any, y: Any, smoothing: Any) -> tuple[Any, Any]:
+    """Categorical cross-entropy and 0/1 correctness per sample, both [K, B]; `y` one-hot [K or 1, B, C], smoothed
+    by each trial's label smoothing [K] as `keras.losses.CategoricalCrossentropy` does."""
+    smoothing = ops.reshape(smoothing, (-1, 1, 1))
+    smoothed = y * (1.0 - smoothing) + smoothing / y.shape[-1]
+    losses = -ops.sum(smoothed * ops.log_softmax(logits, axis=-1), axis=-1)
     correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.argmax(y, axis=-1)), "float32")
     return losses, correct
 
 
 def score(weights: Sequence[Any], x: Any, y: Any, masks: Sequence[Any], activation: Callable[[Any], Any],
-          depth: Any = None) -> tuple[Any, Any]:
-    """Mean loss and accuracy [K] of every trial on the shared (x, y), in slices of EVAL_ROWS rows."""
+          smoothing: Any, depth: Any = None, moving: Sequence[Any] | None = None) -> tuple[Any, Any]:
+    """Mean loss and accuracy [K] of every trial on the shared (x, y), in slices of EVAL_ROWS rows (inference:
+    no dropout, batch norm by its `moving` statistics)."""
     loss_sum, correct_sum = 0.0, 0.0
+    norm = None if moving is None else BatchNorm(moving)
     for start in range(0, x.shape[0], EVAL_ROWS):
-        logits = forward(weights, x[start:start + EVAL_ROWS], masks, activation, depth=depth)
-        losses, correct = sample_losses(logits, ops.expand_dims(y[start:start + EVAL_ROWS], 0))
+        logits = forward(weights, x[start:start + EVAL_ROWS], masks, activation, depth=depth, norm=norm)
+        losses, correct = sample_losses(logits, ops.expand_dims(y[start:start + EVAL_ROWS], 0), smoothing)
         loss_sum, correct_sum = loss_sum + ops.sum(losses, axis=1), correct_sum + ops.sum(correct, axis=1)
     return loss_sum / x.shape[0], correct_sum / x.shape[0]
 
@@ -379,7 +484,22 @@ def sgd_update(weight: Any, grad: Any, m: Any, v: Any, lr: Any, iterations: Any,
     return weight + ops.where(nesterov, m * momentum - grad * lr, m), m, v
 
 
-UPDATES = {"adam": adam_update, "sgd": sgd_update}
+def rmsprop_update(weight: Any, grad: Any, m: Any, v: Any, lr: Any, iterations: Any, hp: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """One step of `keras.optimizers.RMSprop.update_step` (not centered), per trial: `v` the velocity, `m` the
+    momentum (momentum 0 gives Keras's plain branch exactly)."""
+    rho, momentum = _per_trial(hp["rho"], weight), _per_trial(hp["momentum"], weight)
+    v = rho * v + (1.0 - rho) * ops.square(grad)
+    increment = _per_trial(lr, weight) * grad / ops.sqrt(v + _per_trial(hp["epsilon"], weight))
+    m = momentum * m + increment
+    return weight - m, m, v
+
+
+def decayed(weight: Any, lr: Any, hp: dict[str, Any]) -> Any:
+    """Keras's decoupled weight decay before each update (`Optimizer._apply_weight_decay`): w - w * wd * lr."""
+    return weight - weight * _per_trial(hp["weight_decay"], weight) * _per_trial(lr, weight)
+
+
+UPDATES = {"adam": adam_update, "adamw": adam_update, "sgd": sgd_update, "rmsprop": rmsprop_update}
 
 
 # --- The two backend-specific pieces -----------------------------------------------------------------
@@ -408,7 +528,7 @@ def value_and_grad(loss_fn: Callable[..., tuple[Any, Any]], weights: list[Any], 
     with tf.GradientTape() as tape:
         tape.watch(weights)
         loss, aux = loss_fn(weights, *args)
-    return (loss, aux), tape.gradient(loss, weights)
+    return (loss, aux), tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # as JAX: 0, not None
 
 
 # --- A batched trial's replay ------------------------------------------------------------------------
@@ -473,6 +593,7 @@ class BatchTrainer:
         self.xla = xla
         self.traces = 0
         self.last_weights: list[np.ndarray] = []
+        self.last_moving: list[np.ndarray] = []  # batch norm's moving statistics of the last group, if it has any
         self._programs: dict[tuple[Program, bool], Callable[..., Any]] = {}
         self._device_data: tuple[Splits, dict[str, Any]] | None = None
         self._mixed: dict[GroupKey, Program] = {}  # per coarse structure: its mixed program so far (it only grows)
@@ -533,10 +654,12 @@ class BatchTrainer:
         steps = math.ceil(n_train / batch_size)
         widths = [hidden_widths(c.model.units, c.model.layers, c.model.widths) for c in cfgs]
         seeds, epochs = [int(c.trainer.seed) for c in cfgs], [int(c.trainer.epochs) for c in cfgs]
-        weights = [ops.convert_to_tensor(np.stack(w)) for w in
-                   zip(*(init_weights(s, w, program.buckets, key.n_classes) for s, w in zip(seeds, widths)))]
+        weights = [ops.convert_to_tensor(np.stack(w)) for w in zip(
+            *(init_weights(s, w, program.buckets, key.n_classes, key.batch_norm) for s, w in zip(seeds, widths)))]
+        moving = [ops.convert_to_tensor(np.stack([m] * len(cfgs))) for m in init_moving(program.buckets)] \
+            if key.batch_norm else []
         state = {"weights": weights, "m": [ops.zeros_like(w) for w in weights], "v": [ops.zeros_like(w) for w in weights],
-                 "iterations": ops.zeros((len(cfgs),), "float32")}
+                 "moving": moving, "iterations": ops.zeros((len(cfgs),), "float32")}
         inputs = {
             **self._tensors(data),
             "masks": [ops.convert_to_tensor(np.stack([np.arange(b) < (w[layer] if layer < len(w) else 0) for w in widths])
@@ -553,6 +676,7 @@ class BatchTrainer:
 
         # One program call per epoch for all trials; then each trial's logs, its hook and its state.
         status = ["training"] * len(cfgs)  # -> done | pruned | diverged
+        stoppers = [_Stopper(c.trainer.get("callbacks") or []) for c in cfgs]  # EarlyStopping, per trial
         rows: list[list[dict[str, float]]] = [[] for _ in cfgs]
         for epoch in range(1, max(epochs) + 1):
             active = [s == "training" and epoch <= e for s, e in zip(status, epochs)]
@@ -570,15 +694,16 @@ class BatchTrainer:
                 if not all(math.isfinite(v) for v in row.values()):
                     status[k] = "diverged"
                     continue
-                if epoch == epochs[k]:
+                if epoch == epochs[k] or stoppers[k].stops(epoch, row):
                     status[k] = "done"
                 if on_epoch is not None and on_epoch(int(k), epoch, dict(row)):
                     status[k] = "pruned"
 
         self.last_weights = [ops.convert_to_numpy(w) for w in state["weights"]]
-        tested = self._test_scores(cfgs, state["weights"], inputs, data, program)
+        self.last_moving = [ops.convert_to_numpy(m) for m in state["moving"]]
+        tested = self._test_scores(cfgs, state, inputs, data, program)
         seconds = round((time.perf_counter() - start) / len(cfgs), 3)
-        return [{**self._result(cfg, rows[k], status[k], widths[k], key.n_classes, data,
+        return [{**self._result(cfg, rows[k], status[k], widths[k], key, data,
                                 {name: values[k] for name, values in tested.items()}, seconds),
                  "program": program.spec(xla)} for k, cfg in enumerate(cfgs)]
 
@@ -586,11 +711,19 @@ class BatchTrainer:
         """Trial `k` of the last group trained as the network `src.model.dense_net` builds for `cfg`, with
         its trained weights (the padding cut away): what `src.training.run` saves, minus optimizer state."""
         widths = hidden_widths(cfg.model.units, cfg.model.layers, cfg.model.widths)
-        sizes = [N_INPUTS, *widths, self.last_weights[-1].shape[-1]]
+        n_hidden = len(self.last_moving) // 2 if self.last_moving else len(self.last_weights) // 2 - 1
+        sizes = [N_INPUTS, *widths, self.last_weights[2 * n_hidden].shape[-1]]
         model = dense_net(cfg.model, N_INPUTS, sizes[-1])
-        slots = [*range(len(widths)), len(self.last_weights) // 2 - 1]  # a mixed program's output layer is last
-        model.set_weights([w for slot, i, o in zip(slots, sizes[:-1], sizes[1:])
-                           for w in (self.last_weights[2 * slot][k, :i, :o], self.last_weights[2 * slot + 1][k, :o])])
+        weights = []
+        for layer, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1])):  # hidden: Dense (+ BatchNormalization)
+            weights.append(self.last_weights[2 * layer][k, :i, :o])
+            if self.last_moving:
+                norm = self.last_weights[2 * n_hidden + 2 + 2 * layer:2 * n_hidden + 4 + 2 * layer]
+                weights += [w[k, :o] for w in [*norm, *self.last_moving[2 * layer:2 * layer + 2]]]
+            else:
+                weights.append(self.last_weights[2 * layer + 1][k, :o])
+        i, o = sizes[-2:]  # a mixed program's output layer is last
+        model.set_weights([*weights, self.last_weights[2 * n_hidden][k, :i, :o], self.last_weights[2 * n_hidden + 1][k, :o]])
         return model
 
     def _tensors(self, data: Splits) -> dict[str, Any]:
@@ -614,7 +747,12 @@ class BatchTrainer:
             "epsilon": column([o.get("epsilon", 1e-7) for o in opt]),
             "momentum": column([o.get("momentum", 0.0) for o in opt]),
             "nesterov": column([float(bool(o.get("nesterov", False))) for o in opt]),
+            "rho": column([o.get("rho", 0.9) for o in opt]),
+            "weight_decay": column([o.get("weight_decay") if o.get("weight_decay") is not None
+                                    else DEFAULT_WEIGHT_DECAY.get(str(o.name).lower(), 0.0) for o in opt]),
             "dropout": column([c.model.dropout for c in cfgs]),
+            "input_dropout": column([c.model.get("input_dropout") or 0.0 for c in cfgs]),
+            "label_smoothing": column([label_smoothing(c.trainer.loss) for c in cfgs]),
             "decay_steps": column([max(c.trainer.epochs * steps, 1) for c in cfgs]),
         }
 
@@ -636,6 +774,7 @@ class BatchTrainer:
         Static (in the trace): the layout (depth, activations), dropout on/off, optimizer, schedule; the
         shapes (K, buckets, batch size, steps). Everything else comes in `inputs` as tensors."""
         key, update = program.structure, UPDATES[program.structure.optimizer]
+        input_layer = MAX_LAYERS - 1  # the input's dropout counter: past any hidden layer's
 
         def epoch(state: dict[str, Any], inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             self.traces += 1  # runs only while tracing
@@ -644,31 +783,42 @@ class BatchTrainer:
             depth = inputs["depth"] if program.mixed else None
             steps = inputs["order"].shape[1]
 
-            def batch_loss(weights: list[Any], x: Any, y: Any, sample_weight: Any, step: Any) -> tuple[Any, Any]:
+            def batch_loss(weights: list[Any], x: Any, y: Any, sample_weight: Any, step: Any,
+                           moving: list[Any]) -> tuple[Any, Any]:
                 """Sum over trials of each trial's mean loss on its batch (so each trial's gradient is its
-                own); aux: (loss, correct count) per trial."""
-                def drop(h: Any, layer: int) -> Any:
-                    counter = ((inputs["epoch"] * steps + step) * MAX_LAYERS + layer)
-                    return dropout(h, hp["dropout"], inputs["keys"], counter)
+                own); aux: (loss, correct count) per trial, and batch norm's moving statistics updated."""
+                def counter(layer: int) -> Any:
+                    return (inputs["epoch"] * steps + step) * MAX_LAYERS + layer
 
-                logits = forward(weights, x, masks, activation, drop if key.dropout else None, depth)
-                losses, correct = sample_losses(logits, y)
+                def drop(h: Any, layer: int) -> Any:
+                    return dropout(h, hp["dropout"], inputs["keys"], counter(layer))
+
+                def drop_input(x: Any) -> Any:
+                    return dropout(x, hp["input_dropout"], inputs["keys"], counter(input_layer))
+
+                norm = BatchNorm(moving, sample_weight) if key.batch_norm else None
+                logits = forward(weights, x, masks, activation, drop if key.dropout else None, depth, norm,
+                                 drop_input if key.input_dropout else None)
+                losses, correct = sample_losses(logits, y, hp["label_smoothing"])
                 per_trial = ops.sum(losses * sample_weight, axis=1) / ops.sum(sample_weight)
-                return ops.sum(per_trial), (per_trial, ops.sum(correct * sample_weight, axis=1))
+                return ops.sum(per_trial), (per_trial, ops.sum(correct * sample_weight, axis=1),
+                                            norm.updated if norm else [])
 
             def train_step(step: Any, carry: dict[str, Any]) -> dict[str, Any]:
                 rows = ops.take(inputs["order"], step, axis=1)  # [K, B]
                 sample_weight = ops.take(inputs["batch_weights"], step, axis=0)  # [B]
                 x, y = ops.take(inputs["x_train"], rows, axis=0), ops.take(inputs["y_train"], rows, axis=0)
-                (_, (loss, correct)), grads = value_and_grad(batch_loss, carry["weights"], x, y, sample_weight, step)
+                (_, (loss, correct, moving)), grads = value_and_grad(batch_loss, carry["weights"], x, y, sample_weight,
+                                                                     step, carry["moving"])
                 alive = carry["alive"] * ops.cast(ops.isfinite(loss), "float32")  # a NaN freezes its trial
                 lr = learning_rate(hp, carry["iterations"], key.lr_schedule)
-                new = {"weights": [], "m": [], "v": []}
+                new: dict[str, list[Any]] = {"weights": [], "m": [], "v": []}
                 for w, g, m, v in zip(carry["weights"], grads, carry["m"], carry["v"]):
-                    updated = update(w, g, m, v, lr, carry["iterations"], hp)
+                    updated = update(decayed(w, lr, hp), g, m, v, lr, carry["iterations"], hp)
                     keep = _per_trial(alive, w) > 0
                     for name, old, fresh in zip(("weights", "m", "v"), (w, m, v), updated):
                         new[name].append(ops.where(keep, fresh, old))
+                new["moving"] = [ops.where(_per_trial(alive, old) > 0, fresh, old) for old, fresh in zip(carry["moving"], moving)]
                 n = ops.sum(sample_weight)
                 return {**new, "iterations": carry["iterations"] + alive, "alive": alive,
                         "loss_sum": carry["loss_sum"] + loss * n, "correct_sum": carry["correct_sum"] + correct}
@@ -676,30 +826,32 @@ class BatchTrainer:
             zeros = ops.zeros_like(active)
             carry = ops.fori_loop(0, steps, train_step, {**state, "alive": active, "loss_sum": zeros, "correct_sum": zeros})
             n_train = ops.sum(inputs["batch_weights"])
-            val_loss, val_accuracy = score(carry["weights"], inputs["x_val"], inputs["y_val"], masks, activation, depth)
+            val_loss, val_accuracy = score(carry["weights"], inputs["x_val"], inputs["y_val"], masks, activation,
+                                           hp["label_smoothing"], depth, carry["moving"] if key.batch_norm else None)
             logs = {"accuracy": carry["correct_sum"] / n_train, "loss": carry["loss_sum"] / n_train,
                     "val_accuracy": val_accuracy, "val_loss": val_loss}
-            return {name: carry[name] for name in ("weights", "m", "v", "iterations")}, logs
+            return {name: carry[name] for name in ("weights", "m", "v", "moving", "iterations")}, logs
 
         return epoch
 
     @staticmethod
-    def _test_scores(cfgs: Sequence[DictConfig], weights: list[Any], inputs: dict[str, Any], data: Splits,
+    def _test_scores(cfgs: Sequence[DictConfig], state: dict[str, Any], inputs: dict[str, Any], data: Splits,
                      program: Program) -> dict[str, np.ndarray]:
         """Test loss and accuracy [K] when any trial asks for them (`trainer.test`), scored eagerly once."""
         if not any(c.trainer.test for c in cfgs):
             return {}
-        loss, accuracy = score(weights, ops.convert_to_tensor(data.x_test), ops.convert_to_tensor(data.y_test),
+        loss, accuracy = score(state["weights"], ops.convert_to_tensor(data.x_test), ops.convert_to_tensor(data.y_test),
                                inputs["masks"], activation_of(program.activations, inputs["activation"]),
-                               inputs["depth"] if program.mixed else None)
+                               inputs["hp"]["label_smoothing"], inputs["depth"] if program.mixed else None,
+                               state["moving"] if program.structure.batch_norm else None)
         return {"test_loss": ops.convert_to_numpy(loss), "test_accuracy": ops.convert_to_numpy(accuracy)}
 
     @staticmethod
-    def _result(cfg: DictConfig, rows: list[dict[str, float]], status: str, widths: list[int], n_classes: int,
+    def _result(cfg: DictConfig, rows: list[dict[str, float]], status: str, widths: list[int], key: GroupKey,
                 data: Splits, tested: dict[str, Any], seconds: float) -> dict[str, Any]:
         """One trial's metrics, in `src.training.run`'s keys and rounding, with its history."""
         history = history_table(pd.DataFrame(rows, columns=["accuracy", "loss", "val_accuracy", "val_loss"]))
-        metrics = stamp(run_metrics(history, param_count=param_count(widths, n_classes), seed=cfg.trainer.seed,
+        metrics = stamp(run_metrics(history, param_count=param_count(widths, key.n_classes, key.batch_norm), seed=cfg.trainer.seed,
                                     n_train=len(data.x_train), n_val=len(data.x_val)), seconds)  # seconds: the group's / K
         if status == "diverged":
             metrics["error"] = "diverged"

@@ -62,6 +62,16 @@ class Adam:
 
 
 @dataclass
+class AdamW:
+    name: str = "adamw"
+    lr: float = 0.001
+    weight_decay: float = 0.004
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+
+@dataclass
 class SGD:
     name: str = "sgd"
     lr: float = 0.01
@@ -83,7 +93,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"data": Data},
     "model": {"dense": DenseModel},
     "trainer": {"trainer": Trainer},
-    "optimizer": {"adam": Adam, "sgd": SGD, "rmsprop": RMSprop},
+    "optimizer": {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop},
 }
 
 

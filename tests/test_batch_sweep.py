@@ -95,9 +95,11 @@ def test_one_at_a_time_replays_exactly(tmp_path, data_dir):
 def test_a_config_the_batched_path_cannot_express_trains_alone(tmp_path, data_dir):
     out = tmp_path / "alone"
     result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "data.n_train=600",
-                     "trainer.epochs=1", "model.units=8,16", "model.batch_norm=true", "hydra.sweeper.n_trials=2",
+                     "trainer.epochs=1", "model.units=8,16", "optimizer.name=nadam", "hydra.sweeper.n_trials=4",
                      "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.batch_trials=2")
-    assert result.stdout.count("trains alone: the batched path trains plain dense networks") == 1
-    trials = pd.read_csv(out / "trials.csv")
-    assert (trials["state"] == "COMPLETE").all() and len(trials) == 2
+    assert result.stdout.count("trains alone: the batched path trains dense networks with adam") == 1
+    trials = pd.read_csv(out / "trials.csv", parse_dates=["datetime_start", "datetime_complete"]).sort_values("number")
+    assert (trials["state"] == "COMPLETE").all() and len(trials) == 4
+    # the first claim (trials 0 and 1) trained none together: from then on one trial is asked at a time
+    assert trials["datetime_start"].iloc[3] >= trials["datetime_complete"].iloc[2]
     assert (out / "trials" / "0" / ".hydra" / "hydra.yaml").is_file()  # a Hydra job of its own

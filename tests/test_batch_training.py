@@ -51,16 +51,18 @@ def test_group_key_batches_what_it_can_express(data_dir, bt):
     assert key != bt.group_key(make_cfg(data_dir, "trainer.batch_size=64"))
     assert key != bt.group_key(make_cfg(data_dir, "data.n_train=600"))
     assert bt.group_key(make_cfg(data_dir, "optimizer=sgd")) is not None
-    for refused in ("model.batch_norm=true", "optimizer=rmsprop", "trainer.loss=mse", "model.activation=softmax",
-                    "+optimizer.weight_decay=0.01", "trainer.callbacks=[{_target_: x}]"):
+    assert bt.group_key(make_cfg(data_dir, "model.batch_norm=true")) not in (None, key)  # batch norm: a structure
+    for refused in ("optimizer.name=nadam", "trainer.loss=mse", "model.activation=softmax", "+optimizer.amsgrad=true",
+                    "trainer.loss={_target_: keras.losses.CategoricalCrossentropy, from_logits: true}",
+                    "+optimizer.clipnorm=1.0", "trainer.callbacks=[{_target_: x}]"):
         assert bt.group_key(make_cfg(data_dir, refused)) is None, refused
     user_model = OmegaConf.create(OmegaConf.to_container(make_cfg(data_dir)))
     user_model.model = {"_target_": "examples.models.small_cnn", "filters": 8, "activation": "relu", "dropout": 0.0}
     assert bt.group_key(user_model) is None
     new_option = OmegaConf.create(OmegaConf.to_container(make_cfg(data_dir)))
-    new_option.model.input_dropout = 0.0  # a model option the batched path does not know: fine while off
+    new_option.model.pooling = 0  # a model option the batched path does not know: fine while off
     assert bt.group_key(new_option) == bt.group_key(make_cfg(data_dir))
-    new_option.model.input_dropout = 0.2  # on: trained one at a time, never silently ignored
+    new_option.model.pooling = 2  # on: trained one at a time, never silently ignored
     assert bt.group_key(new_option) is None
 
 
@@ -98,44 +100,61 @@ def test_padded_units_stay_zero_and_param_count_is_the_real_networks(data_dir, b
     assert not any(b.any() for b in init[1::2])
 
 
-def unpadded(padded: list[np.ndarray], width: int) -> list[np.ndarray]:
-    """The real [kernel, bias, ...] of a 784-width-width-3 network inside its padded weights."""
-    shapes = [(784, width), (width, width), (width, 3)]
-    return [w[:rows, :cols] if w.ndim == 2 else w[:cols] for w, (rows, cols) in zip(padded, np.repeat(shapes, 2, axis=0))]
+def keras_weights(padded: list[np.ndarray], moving: list[np.ndarray], width: int) -> list[np.ndarray]:
+    """The weights of a 784-width-width-3 network in Keras's order (per hidden layer: kernel, then bias, or with
+    batch norm gamma, beta, moving mean and variance; the output's kernel and bias), cut from the padded layout."""
+    sizes, weights = [784, width, width, 3], []
+    for layer in range(2):
+        weights.append(padded[2 * layer][:sizes[layer], :width])
+        weights += [padded[6 + 2 * layer][:width], padded[7 + 2 * layer][:width], moving[2 * layer][:width],
+                    moving[2 * layer + 1][:width]] if moving else [padded[2 * layer + 1][:width]]
+    return [*weights, padded[4][:width, :3], padded[5][:3]]
 
 
 ADAM = ["optimizer.lr=3e-3"]
 SGD = ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.nesterov=true", "trainer.lr_schedule=cosine"]
+# Batch norm, label smoothing and decoupled weight decay: what sweep=fashion10 trains, on AdamW and RMSprop.
+NORM = ["model.batch_norm=true", "trainer.loss={_target_: keras.losses.CategoricalCrossentropy, label_smoothing: 0.1}"]
+ADAMW = [*NORM, "optimizer=adamw", "optimizer.lr=3e-3", "optimizer.weight_decay=0.05", "trainer.lr_schedule=cosine"]
+RMSPROP = [*NORM, "optimizer=rmsprop", "optimizer.momentum=0.5", "+optimizer.weight_decay=0.01"]
 
 
-@pytest.mark.parametrize("optimizer, xla", [(ADAM, False), (ADAM, True), (SGD, False)], ids=["adam", "adam-xla", "sgd-cosine"])
+@pytest.mark.parametrize("optimizer, xla", [(ADAM, False), (ADAM, True), (SGD, False), (ADAMW, True), (RMSPROP, False)],
+                         ids=["adam", "adam-xla", "sgd-cosine", "adamw-norm-smoothing-xla", "rmsprop-norm-smoothing"])
 def test_same_batches_same_weights_as_keras(data_dir, bt, optimizer, xla):
     """Given the same initial weights and the same batches, the batched program and a Keras model trained
-    with `fit` end with the same weights and logs: the forward pass, the loss, the optimizer (Adam's lr,
-    betas, epsilon and bias correction; SGD's momentum, Nesterov and the cosine schedule) and the masking
-    of a padded trial (width 10 in bucket 16) all agree with Keras. The weights differ by at most 1e-6
-    (measured); a learning rate 1.1x off moves them by 0.04."""
+    with `fit` end with the same weights and logs: the forward pass, the loss (label smoothing too), the
+    optimizer (Adam's lr, betas, epsilon and bias correction; SGD's momentum, Nesterov and the cosine schedule;
+    RMSprop's rho and momentum; decoupled weight decay), batch norm (each batch's statistics in training, the
+    last batch's smaller, the moving ones for validation) and the masking of a padded trial (width 10 in
+    bucket 16) all agree with Keras. The weights differ by at most 1e-6 (measured); a learning rate 1.1x off
+    moves them by 0.04."""
     from src.data import load
-    from src.model import build_model, build_optimizer
+    from src.model import build_loss, build_model, build_optimizer
 
     cfgs = [make_cfg(data_dir, "data.n_train=200", f"model.units={w}", *optimizer, "trainer.epochs=2",
                      f"trainer.seed={seed}") for seed, w in ((3, 10), (4, 16))]
+    assert bt.group_key(cfgs[0]) is not None  # trained batched
     data = load(cfgs[0].data)
     trainer = bt.BatchTrainer(xla=xla)
     results = trainer.train_group(cfgs, data)
     n, batch = len(data.x_train), 32
     steps = math.ceil(n / batch)
+    norm = cfgs[0].model.batch_norm
     for k, cfg in enumerate(cfgs):
         width = cfg.model.units
         model = build_model(cfg.model, 784, 3)
-        model.set_weights(unpadded(bt.init_weights(cfg.trainer.seed, [width] * 2, [16, 16], 3), width))
+        init = bt.init_weights(cfg.trainer.seed, [width] * 2, [16, 16], 3, norm)
+        model.set_weights(keras_weights(init, bt.init_moving([16, 16]) if norm else [], width))
         model.compile(optimizer=build_optimizer(cfg.optimizer, cfg.trainer.lr_schedule, 2 * steps),
-                      loss="categorical_crossentropy", metrics=["accuracy"])
+                      loss=build_loss(cfg.trainer.loss), metrics=["accuracy"])
         logs = []
         for epoch in (1, 2):
             order = bt.epoch_order(cfg.trainer.seed, epoch, n, steps, batch).reshape(-1)[:n]
             logs.append(model.fit(data.x_train[order], data.y_train[order], batch_size=batch, shuffle=False, verbose=0).history)
-        for got, want in zip(unpadded([w[k] for w in trainer.last_weights], width), model.get_weights()):
+        batched = trainer.keras_model(k, cfg)  # what a batched trial's model.keras holds
+        assert len(batched.get_weights()) == len(model.get_weights()) == (12 if norm else 6)
+        for got, want in zip(batched.get_weights(), model.get_weights()):
             np.testing.assert_allclose(got, want, atol=1e-4)
         history = results[k]["history"]
         np.testing.assert_allclose(history["loss"], [h["loss"][0] for h in logs], rtol=1e-4)
@@ -143,6 +162,7 @@ def test_same_batches_same_weights_as_keras(data_dir, bt, optimizer, xla):
         val_loss, val_accuracy = model.evaluate(data.x_val, data.y_val, verbose=0)
         assert results[k]["val_loss"] == pytest.approx(val_loss, rel=1e-4)
         assert results[k]["val_accuracy"] == pytest.approx(val_accuracy, abs=1e-6)
+        assert results[k]["param_count"] == model.count_params()
 
 
 def seed_stats(single: list[dict], batched: list[dict]) -> dict[str, tuple[float, float, float]]:
@@ -207,6 +227,59 @@ def test_per_trial_epochs_pruning_and_divergence_leave_the_others_alone(data_dir
         assert mine["val_accuracy"] == pytest.approx(reference["val_accuracy"], abs=1e-6)
     one_trial = trainer.train_group([cfgs[0]])  # trial 0's first epoch does not depend on its batch-mates either
     np.testing.assert_allclose(together[0]["history"].to_numpy(), one_trial[0]["history"].iloc[:1].to_numpy(), atol=1e-6)
+
+
+def test_input_dropout_and_batch_norm_are_each_trials_own(data_dir, bt):
+    """Input dropout drops each trial's pixels at its own rate (0 trains as without it); batch norm's statistics
+    are each trial's own: a trial trains the same beside others as alone."""
+    from keras import ops
+
+    keys = ops.convert_to_tensor(np.array([bt.dropout_key(0), bt.dropout_key(1)], np.uint32))
+    dropped = ops.convert_to_numpy(bt.dropout(ops.ones((2, 64, 784)), ops.convert_to_tensor([0.0, 0.2]), keys, 7))
+    assert (dropped[0] == 1).all() and abs((dropped[1] == 0).mean() - 0.2) < 0.01
+    assert np.allclose(dropped[1][dropped[1] != 0], 1 / 0.8)  # the kept pixels scaled up, as Keras's Dropout does
+
+    trainer = bt.BatchTrainer()
+    on, off = (make_cfg(data_dir, "data.n_train=600", "model.units=16", "trainer.epochs=2", "trainer.seed=5",
+                        f"model.input_dropout={rate}") for rate in (0.2, 0.0))
+    program, _ = bt.parse_program("exact/16.16/relu/noxla", on)
+    assert program.structure.input_dropout and not bt.group_key(off).input_dropout
+    at_zero, at_rate = trainer.train_group([off, on], program=program)
+    (without,) = trainer.train_group([off])
+    np.testing.assert_allclose(at_zero["history"].to_numpy(), without["history"].to_numpy(), atol=1e-6)
+    assert at_rate["history"]["loss"].iloc[0] != pytest.approx(without["history"]["loss"].iloc[0], abs=1e-3)
+
+    norm = [make_cfg(data_dir, "data.n_train=600", "model.batch_norm=true", f"model.units={w}", "trainer.epochs=2",
+                     f"trainer.seed={seed}") for seed, w in ((1, 12), (2, 16))]
+    together = trainer.train_group(norm)
+    alone = trainer.train_group(norm[1:])
+    np.testing.assert_allclose(together[1]["history"].to_numpy(), alone[0]["history"].to_numpy(), atol=1e-6)
+    assert together[0]["param_count"] == bt.param_count([12, 12], 3, True) == 12 * 784 + 12 * 12 + 12 * 3 + 3 + 2 * 4 * 12
+
+
+def test_early_stopping_stops_each_trial_where_keras_fit_stops(data_dir, bt):
+    from hydra.utils import instantiate
+
+    from src.data import load
+    from src.model import build_model
+
+    stop = "[{_target_: keras.callbacks.EarlyStopping, monitor: loss, min_delta: 10, patience: 0}]"  # stops after epoch 2
+    cfgs = [make_cfg(data_dir, "data.n_train=600", "trainer.epochs=4", f"trainer.callbacks={stop}"),
+            make_cfg(data_dir, "data.n_train=600", "trainer.epochs=4", "trainer.seed=1")]
+    assert bt.group_key(cfgs[0]) == bt.group_key(cfgs[1])  # a callback is no structure: they train together
+    trainer = bt.BatchTrainer()
+    stopped, full = trainer.train_group(cfgs)
+    assert len(stopped["history"]) == stopped["epochs"] == 2 and len(full["history"]) == full["epochs"] == 4
+    (two,) = trainer.train_group([make_cfg(data_dir, "data.n_train=600", "trainer.epochs=2")])
+    np.testing.assert_allclose(stopped["history"].to_numpy(), two["history"].to_numpy(), atol=1e-6)  # frozen at its stop
+    data = load(cfgs[0].data)
+    model = build_model(cfgs[0].model, 784, 3)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(data.x_train, data.y_train, epochs=4, verbose=0,
+                        callbacks=[instantiate(cfgs[0].trainer.callbacks[0])]).history
+    assert len(history["loss"]) == 2  # Keras's fit stops after the same epoch
+    keeps = "[{_target_: keras.callbacks.EarlyStopping, restore_best_weights: true}]"
+    assert bt.group_key(make_cfg(data_dir, f"trainer.callbacks={keeps}")) is None  # would keep each trial's best weights
 
 
 def test_same_structure_again_costs_no_trace(data_dir, bt):

@@ -246,7 +246,7 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
     ("trainer.batch_size=0", "trainer.batch_size=0: use an integer >= 1"),
     ("optimizer.lr=0", "optimizer.lr=0.0: the learning rate must be a number > 0"),
     ("trainer.epochs=int(interval(0,3))", "trainer.epochs=0: use an integer >= 1"),
-    ("optimizer=choice(adam,nadam)", "optimizer=nadam: no such option; allowed: adam, rmsprop, sgd (did you mean adam?) "
+    ("optimizer=choice(adam,nadam)", "optimizer=nadam: no such option; allowed: adam, adamw, rmsprop, sgd (did you mean adam?) "
                                      "(with optimizer=nadam)"),
     ("hydra.sweeper.storage=postgresql+psycopg2://me:hunter2pw@127.0.0.1:1/none",
      "hydra.sweeper.storage=postgresql+psycopg2://me:***@127.0.0.1:1/none"),
@@ -295,7 +295,7 @@ def test_help_texts_are_the_projects_own():
     assert "range(a,b[,step]) (b excluded)" in sweep_help and "n_trials (study total)" in sweep_help
     assert "n_train: 50" not in sweep_help and "outputs/sweeps/<study_name>/" in sweep_help
     train_help = run_cli("train", "--help").stdout
-    assert train_help.startswith("python -m src.train [key=value ...]") and "optimizer: adam, rmsprop, sgd" in train_help
+    assert train_help.startswith("python -m src.train [key=value ...]") and "optimizer: adam, adamw, rmsprop, sgd" in train_help
 
 
 def test_a_terminal_sees_each_epoch_on_one_rewritten_line(tmp_path, data_dir):

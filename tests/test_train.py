@@ -90,7 +90,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, data_dir):
 @pytest.mark.parametrize("override, line", [
     ("model.unitz=3", "error: model.unitz: no key 'unitz' in model (did you mean model.units?); its keys: units, layers,"),
     ("trainer.epoch=3", "error: trainer.epoch: no key 'epoch' in trainer (did you mean trainer.epochs?); its keys: epochs,"),
-    ("optimizer=adamw", "error: optimizer=adamw: no such option; allowed: adam, rmsprop, sgd (did you mean adam?)"),
+    ("optimizer=adamx", "error: optimizer=adamx: no such option; allowed: adam, adamw, rmsprop, sgd (did you mean adam?)"),
     ("model.units=abc", "error: model.units: Value 'abc' of type 'str' could not be converted to Integer"),
     ("model.units=[1", "error: model.units=[1: no viable alternative at input '[1'"),
 ])

@@ -4,7 +4,7 @@ The worker asks K trials; each draws its params and composes its config as it wo
 networks share a structure train as one program (`src.batch_training`), each reporting every epoch to
 the pruner through its own hook; then each is written and told as if it had trained alone: the same
 folder (.hydra/config.yaml, history.csv, metrics.json, model.keras when asked) and the same trial record.
-A trial the batched path cannot express (a user's model, batch norm, another loss, callbacks...) trains
+A trial the batched path cannot express (a user's model, another loss or optimizer, callbacks...) trains
 alone, with a note. The confirmation runs take the same path (`BatchRunner.train`), with no pruning hook.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ class BatchRunner:
         from ..batch_training import BatchTrainer  # Keras: the worker's warm-up has usually loaded it
 
         self.runner, self.trainer, self.noted = runner, BatchTrainer(), False
+        self.together = True  # False once a claim of several trials trained none together: claim one at a time
 
     def run(self, study: optuna.Study, trials: list[optuna.Trial], pruning: bool) -> int:
         """Search trials (claimed and beating): draw each one's params, train them in as few programs as their
@@ -74,14 +75,17 @@ class BatchRunner:
                 batchable.append((i, job, cfg))
                 continue
             if not self.noted:
-                print(f"note: {job.hydra.sweep.subdir} trains alone: the batched path trains plain dense networks "
-                      f"(adam or sgd, cross-entropy, no batch norm, input dropout or callbacks)", flush=True)
+                print(f"note: {job.hydra.sweep.subdir} trains alone: the batched path trains dense networks with adam, "
+                      f"adamw, sgd or rmsprop, cross-entropy (label smoothing allowed), accuracy and EarlyStopping only",
+                      flush=True)
                 self.noted = True
             alone += 1
             told(i, self.runner.run_config(job, hooks[i]))
         groups = self.trainer.groups([cfg for _, _, cfg in batchable])
         for group, program in groups:
             self._train([batchable[g] for g in group], program, told, hooks)
+        if len(jobs) > 1:  # claiming K pays only when they train together; else the sampler learns from each
+            self.together = alone + len(groups) < len(jobs)
         return alone + len(groups)
 
     def _train(self, members: list[Member], program: Any, told: Told, hooks: list[PruningHook | None]) -> None:

@@ -39,8 +39,8 @@ class Search:
         s = self.sweep.settings
         if self.ran >= s.max_trials_per_worker:
             return 0
-        if self.batcher is None:  # trained one at a time: claim one at a time, so the sampler learns from each
-            return 1
+        if self.batcher is None or not self.batcher.together:  # trained one at a time: claim one at a time, so
+            return 1  # the sampler learns from each
         return budget.claim_size(trials, self.sweep.budget, s, self.sweep.started, self.ran)
 
     def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
