@@ -26,7 +26,7 @@ more epochs; NaN in one trial never reaches the others (their weights are separa
 
 The arithmetic is Keras's: `keras.ops` everywhere, glorot-uniform kernels and zero biases like
 `keras.layers.Dense`, `keras.layers.BatchNormalization` per trial (its batch statistics in training, its moving
-ones for validation and test), Adam, AdamW, SGD and RMSprop exactly as `keras.optimizers` update (decoupled
+ones for validation and test), Adam, AdamW, Nadam, SGD and RMSprop exactly as `keras.optimizers` update (decoupled
 weight decay included), label smoothing as `keras.losses.CategoricalCrossentropy`, the cosine schedule as
 `keras.optimizers.schedules.CosineDecay`, per-epoch loss and accuracy as `fit` logs them (the mean over
 the epoch's samples, with dropout on, before each batch's update). Two small functions are backend
@@ -78,7 +78,8 @@ MODEL_KEYS = {"units", "layers", "widths", "activation", "dropout", "input_dropo
 # Optimizers the batched path implements, with the config keys each may carry besides name and lr (every one
 # takes Keras's decoupled `weight_decay`; AdamW is Adam whose weight_decay defaults to 0.004).
 ADAM_KNOBS = {"beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"}
-OPTIMIZER_KNOBS = {"adam": ADAM_KNOBS, "adamw": ADAM_KNOBS, "sgd": {"momentum", "nesterov", "weight_decay"},
+OPTIMIZER_KNOBS = {"adam": ADAM_KNOBS, "adamw": ADAM_KNOBS, "nadam": ADAM_KNOBS - {"amsgrad"},
+                   "sgd": {"momentum", "nesterov", "weight_decay"},
                    "rmsprop": {"rho", "momentum", "epsilon", "centered", "weight_decay"}}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.004}  # Keras's defaults where not 0
 # Categorical cross-entropy as trainer.loss may give it: by name, or a _target_ block with label smoothing.
@@ -484,6 +485,21 @@ def sgd_update(weight: Any, grad: Any, m: Any, v: Any, lr: Any, iterations: Any,
     return weight + ops.where(nesterov, m * momentum - grad * lr, m), m, v
 
 
+def nadam_update(weight: Any, grad: Any, m: Any, v: Any, lr: Any, iterations: Any, hp: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """One step of `keras.optimizers.Nadam.update_step`, per trial; `hp["u_product"]` is the trial's momentum-cache
+    product with this step's factor in, as Keras's `_backend_update_step` keeps it."""
+    beta_1, beta_2 = _per_trial(hp["beta_1"], weight), _per_trial(hp["beta_2"], weight)
+    local_step, next_step = _per_trial(iterations + 1.0, weight), _per_trial(iterations + 2.0, weight)
+    u_t = beta_1 * (1.0 - 0.5 * ops.power(0.96, local_step))
+    u_t_1 = beta_1 * (1.0 - 0.5 * ops.power(0.96, next_step))
+    u_product_t = _per_trial(hp["u_product"], weight)
+    m = m + (grad - m) * (1 - beta_1)
+    v = v + (ops.square(grad) - v) * (1 - beta_2)
+    m_hat = u_t_1 * m / (1 - u_product_t * u_t_1) + (1 - u_t) * grad / (1 - u_product_t)
+    v_hat = v / (1 - ops.power(beta_2, local_step))
+    return weight - m_hat * _per_trial(lr, weight) / (ops.sqrt(v_hat) + _per_trial(hp["epsilon"], weight)), m, v
+
+
 def rmsprop_update(weight: Any, grad: Any, m: Any, v: Any, lr: Any, iterations: Any, hp: dict[str, Any]) -> tuple[Any, Any, Any]:
     """One step of `keras.optimizers.RMSprop.update_step` (not centered), per trial: `v` the velocity, `m` the
     momentum (momentum 0 gives Keras's plain branch exactly)."""
@@ -499,7 +515,8 @@ def decayed(weight: Any, lr: Any, hp: dict[str, Any]) -> Any:
     return weight - weight * _per_trial(hp["weight_decay"], weight) * _per_trial(lr, weight)
 
 
-UPDATES = {"adam": adam_update, "adamw": adam_update, "sgd": sgd_update, "rmsprop": rmsprop_update}
+UPDATES = {"adam": adam_update, "adamw": adam_update, "nadam": nadam_update, "sgd": sgd_update,
+           "rmsprop": rmsprop_update}
 
 
 # --- The two backend-specific pieces -----------------------------------------------------------------
@@ -659,7 +676,8 @@ class BatchTrainer:
         moving = [ops.convert_to_tensor(np.stack([m] * len(cfgs))) for m in init_moving(program.buckets)] \
             if key.batch_norm else []
         state = {"weights": weights, "m": [ops.zeros_like(w) for w in weights], "v": [ops.zeros_like(w) for w in weights],
-                 "moving": moving, "iterations": ops.zeros((len(cfgs),), "float32")}
+                 "moving": moving, "iterations": ops.zeros((len(cfgs),), "float32"),
+                 "u_product": ops.ones((len(cfgs),), "float32")}  # Nadam's momentum cache
         inputs = {
             **self._tensors(data),
             "masks": [ops.convert_to_tensor(np.stack([np.arange(b) < (w[layer] if layer < len(w) else 0) for w in widths])
@@ -812,15 +830,20 @@ class BatchTrainer:
                                                                      step, carry["moving"])
                 alive = carry["alive"] * ops.cast(ops.isfinite(loss), "float32")  # a NaN freezes its trial
                 lr = learning_rate(hp, carry["iterations"], key.lr_schedule)
+                u_product = carry["u_product"]
+                if key.optimizer == "nadam":  # before the variables' updates, as Keras's _backend_update_step
+                    u_product = u_product * hp["beta_1"] * (1.0 - 0.5 * ops.power(0.96, carry["iterations"] + 1.0))
+                step_hp = {**hp, "u_product": u_product}
                 new: dict[str, list[Any]] = {"weights": [], "m": [], "v": []}
                 for w, g, m, v in zip(carry["weights"], grads, carry["m"], carry["v"]):
-                    updated = update(decayed(w, lr, hp), g, m, v, lr, carry["iterations"], hp)
+                    updated = update(decayed(w, lr, hp), g, m, v, lr, carry["iterations"], step_hp)
                     keep = _per_trial(alive, w) > 0
                     for name, old, fresh in zip(("weights", "m", "v"), (w, m, v), updated):
                         new[name].append(ops.where(keep, fresh, old))
                 new["moving"] = [ops.where(_per_trial(alive, old) > 0, fresh, old) for old, fresh in zip(carry["moving"], moving)]
                 n = ops.sum(sample_weight)
                 return {**new, "iterations": carry["iterations"] + alive, "alive": alive,
+                        "u_product": ops.where(alive > 0, u_product, carry["u_product"]),
                         "loss_sum": carry["loss_sum"] + loss * n, "correct_sum": carry["correct_sum"] + correct}
 
             zeros = ops.zeros_like(active)
@@ -830,7 +853,7 @@ class BatchTrainer:
                                            hp["label_smoothing"], depth, carry["moving"] if key.batch_norm else None)
             logs = {"accuracy": carry["correct_sum"] / n_train, "loss": carry["loss_sum"] / n_train,
                     "val_accuracy": val_accuracy, "val_loss": val_loss}
-            return {name: carry[name] for name in ("weights", "m", "v", "moving", "iterations")}, logs
+            return {name: carry[name] for name in ("weights", "m", "v", "moving", "iterations", "u_product")}, logs
 
         return epoch
 

@@ -6,6 +6,7 @@
     python -m src.bench --default-sweep      # also the default 40-trial sweep's wall time (~2 min)
     python -m src.bench --scale-out --only-scale-out --rounds 1   # the default sweep: 2 one-core workers vs 1
     python -m src.bench --results lesson,default   # the README's Results rows, rerun (src/bench_results.py)
+    python -m src.bench --arithmetic         # matmul peak and each training path's GFLOP/s (src/bench_flops.py)
 
 The reference trial (../shared/bench/README.md): classes 0-2, all 18,000 images, 784-10-10-3,
 Adam 1e-3, batch 32, 10 epochs; its time runs from building the model to the validation score.
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-scale-out", action="store_true", help="only the scale-out rounds")
     parser.add_argument("--results", metavar="ROWS", help="only the README's Results table, for these rows "
                         "(comma-separated: lesson, quick, default, fashion10)")
+    parser.add_argument("--arithmetic", action="store_true", help="only this machine's float32 matmul peak and the "
+                        "GFLOP/s each training path reaches (reference trial, a 16-trial batch, a fashion10 trial)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for the reference trial")
     args = parser.parse_args(argv)
     os.environ.setdefault("FASHION_MNIST_DIR", str(ROOT.parent / "shared" / "datasets" / "fashion-mnist"))
@@ -202,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as e:
             exit_with(e)
         return 0
+    if args.arithmetic:
+        from .bench_flops import rates
+
+        return report(rates(args.backend), args)
     if args.only_scale_out:
         with tempfile.TemporaryDirectory() as tmp:
             return report(scale_out_rows(scale_out_rounds(Path(tmp), args.rounds, args.backend)), args)

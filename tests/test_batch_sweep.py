@@ -95,7 +95,7 @@ def test_one_at_a_time_replays_exactly(tmp_path, data_dir):
 def test_a_config_the_batched_path_cannot_express_trains_alone(tmp_path, data_dir):
     out = tmp_path / "alone"
     result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "data.n_train=600",
-                     "trainer.epochs=1", "model.units=8,16", "optimizer.name=nadam", "hydra.sweeper.n_trials=4",
+                     "trainer.epochs=1", "model.units=8,16", "optimizer.name=lion", "hydra.sweeper.n_trials=4",
                      "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.batch_trials=2")
     assert result.stdout.count("trains alone: the batched path trains dense networks with adam") == 1
     trials = pd.read_csv(out / "trials.csv", parse_dates=["datetime_start", "datetime_complete"]).sort_values("number")

@@ -76,7 +76,7 @@ class BatchRunner:
                 continue
             if not self.noted:
                 print(f"note: {job.hydra.sweep.subdir} trains alone: the batched path trains dense networks with adam, "
-                      f"adamw, sgd or rmsprop, cross-entropy (label smoothing allowed), accuracy and EarlyStopping only",
+                      f"adamw, nadam, sgd or rmsprop, cross-entropy (label smoothing allowed), accuracy and EarlyStopping only",
                       flush=True)
                 self.noted = True
             alone += 1
