@@ -95,7 +95,7 @@ def test_one_at_a_time_replays_exactly(tmp_path, data_dir):
 def test_a_config_the_batched_path_cannot_express_trains_alone(tmp_path, data_dir):
     out = tmp_path / "alone"
     result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", "hydra.sweeper.params=null", "data.n_train=600",
-                     "trainer.epochs=1", "model.units=8,16", "optimizer.name=lion", "hydra.sweeper.n_trials=4",
+                     "trainer.epochs=1", "model.units=8,16", "optimizer.name=adamax", "hydra.sweeper.n_trials=4",
                      "hydra.sweeper.confirm.top_k=0", "hydra.sweeper.batch_trials=2")
     assert result.stdout.count("trains alone: the batched path trains dense networks with adam") == 1
     trials = pd.read_csv(out / "trials.csv", parse_dates=["datetime_start", "datetime_complete"]).sort_values("number")
@@ -103,3 +103,34 @@ def test_a_config_the_batched_path_cannot_express_trains_alone(tmp_path, data_di
     # the first claim (trials 0 and 1) trained none together: from then on one trial is asked at a time
     assert trials["datetime_start"].iloc[3] >= trials["datetime_complete"].iloc[2]
     assert (out / "trials" / "0" / ".hydra" / "hydra.yaml").is_file()  # a Hydra job of its own
+
+
+# sweep=fashion10's kind of trial, small: batch norm, input dropout on and off, label smoothing, AdamW.
+NORMED = ["hydra.sweeper.params=null", "data.n_train=1200", "trainer.epochs=2", "model.batch_norm=true",
+          "model.input_dropout=choice(0.0,0.1)", "model.units=int(interval(8,32))", "optimizer=adamw",
+          "trainer.loss={_target_: keras.losses.CategoricalCrossentropy, label_smoothing: 0.1}",
+          "hydra.sweeper.n_trials=4", "hydra.sweeper.batch_trials=4", "hydra.sweeper.pruner=none",
+          "hydra.sweeper.confirm.top_k=0", "trainer.save_model=true"]
+
+
+def test_batch_norm_trials_train_batched_and_replay_exactly(tmp_path, data_dir):
+    out = tmp_path / "normed"
+    result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *NORMED)
+    assert "trains alone" not in result.stdout  # no fallback: batch norm, input dropout and smoothing batch
+    trials = pd.read_csv(out / "trials.csv")
+    assert (trials["state"] == "COMPLETE").all() and len(trials) == 4
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert "trainer.program=" in best["command"]
+    run_cli("train", *shlex.split(best["command"])[3:], "trainer.verbose=0", f"hydra.run.dir={tmp_path / 'replay'}")
+    replayed = json.loads((tmp_path / "replay" / "metrics.json").read_text())
+    searched = json.loads((out / "trials" / str(best["trial"]) / "metrics.json").read_text())
+    keys = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "param_count", "program")
+    assert {k: replayed[k] for k in keys} == {k: searched[k] for k in keys}
+    # its saved model is Keras's network (Dense, BatchNormalization with its moving statistics): the same accuracy
+    cfg = OmegaConf.load(out / "trials" / str(best["trial"]) / ".hydra" / "config.yaml")
+    cfg.data.path = str(data_dir)
+    data = load(cfg.data)
+    model = keras.models.load_model(out / "trials" / str(best["trial"]) / "model.keras", compile=False)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    accuracy = float(np.mean(model.predict(data.x_val, verbose=0).argmax(1) == data.y_val.argmax(1)))
+    assert abs(accuracy - best["val_accuracy"]) <= 1 / len(data.x_val)
