@@ -62,13 +62,9 @@ class Adam:
 
 
 @dataclass
-class AdamW:
+class AdamW(Adam):
     name: str = "adamw"
-    lr: float = 0.001
-    weight_decay: float = 0.004
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
+    weight_decay: float = 0.004  # Keras's AdamW default: each step, w -= w * weight_decay * lr
 
 
 @dataclass
