@@ -29,6 +29,19 @@ def use_backend(name: str) -> None:
     os.environ["KERAS_BACKEND"] = name
 
 
+def keep_tensorflow_unloaded() -> None:
+    """On Keras's JAX backend, keep Keras from importing TensorFlow (seconds and hundreds of MB per worker) only to
+    ask whether an object it saves is a TensorFlow one (`serialize_keras_object`): a process that never loaded
+    TensorFlow holds none. Sets Keras's private `LazyModule` answer; TensorFlow still loads if something uses it."""
+    import keras
+
+    if keras.backend.backend() != "jax" or "tensorflow" in sys.modules:
+        return
+    from keras.src.utils import module_utils
+
+    module_utils.tensorflow._available = False  # noqa: SLF001 - Keras has no public switch for it
+
+
 @contextmanager
 def quiet_native_start() -> Iterator[None]:
     """Silence what native code writes to stderr during the block: TensorFlow's start-up lines (absl logs

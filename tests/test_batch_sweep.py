@@ -134,3 +134,14 @@ def test_batch_norm_trials_train_batched_and_replay_exactly(tmp_path, data_dir):
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     accuracy = float(np.mean(model.predict(data.x_val, verbose=0).argmax(1) == data.y_val.argmax(1)))
     assert abs(accuracy - best["val_accuracy"]) <= 1 / len(data.x_val)
+
+
+def test_a_jax_sweep_loads_no_tensorflow_in_its_workers(tmp_path, data_dir):
+    out, probes = tmp_path / "jax", tmp_path / "probes"
+    probes.mkdir()
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *SMALL[:7], "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none",
+            "hydra.sweeper.confirm.top_k=0", "trainer.backend=jax", "hydra.sweeper.worker_init=tests.worker_probe.record_modules",
+            env={"WORKER_PROBE_DIR": str(probes)})
+    assert (pd.read_csv(out / "trials.csv")["state"] == "COMPLETE").all()
+    seen = [json.loads(p.read_text()) for p in probes.glob("*.json")]
+    assert seen and all(s["jax"] and s["keras"] and not s["tensorflow"] for s in seen), seen

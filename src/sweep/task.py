@@ -7,7 +7,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ..backend import use_backend
+from ..backend import keep_tensorflow_unloaded, use_backend
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -37,5 +37,7 @@ def warm_up(cfg: DictConfig) -> None:
 
     load(cfg.data)
     from .. import training  # noqa: F401
+
+    keep_tensorflow_unloaded()  # a JAX worker loads no TensorFlow, not even to save a model
 
     gc.freeze()  # the ~450,000 objects loaded so far live as long as the worker: the collector skips them
