@@ -82,8 +82,8 @@ OPTIMIZER_KNOBS = {"adam": ADAM_KNOBS, "adamw": ADAM_KNOBS, "nadam": ADAM_KNOBS 
                    "sgd": {"momentum", "nesterov", "weight_decay"},
                    "rmsprop": {"rho", "momentum", "epsilon", "centered", "weight_decay"}}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.004}  # Keras's defaults where not 0
-# Categorical cross-entropy as trainer.loss may give it: by name, or a _target_ block with label smoothing.
-CROSSENTROPY = ("keras.losses.CategoricalCrossentropy", "keras.losses.categorical_crossentropy")
+# Categorical cross-entropy as trainer.loss may give it: by name, or a _target_ block of the class (label smoothing).
+CROSSENTROPY = ("keras.losses.CategoricalCrossentropy",)
 BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3  # keras.layers.BatchNormalization's defaults, as src.model builds it
 # Hidden activations that act on each unit alone: a padded unit cannot change a real unit's value.
 ELEMENTWISE = {"relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish", "tanh",

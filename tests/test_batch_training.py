@@ -54,6 +54,7 @@ def test_group_key_batches_what_it_can_express(data_dir, bt):
     assert bt.group_key(make_cfg(data_dir, "model.batch_norm=true")) not in (None, key)  # batch norm: a structure
     for refused in ("optimizer.name=lion", "trainer.loss=mse", "model.activation=softmax", "+optimizer.amsgrad=true",
                     "trainer.loss={_target_: keras.losses.CategoricalCrossentropy, from_logits: true}",
+                    "trainer.loss={_target_: keras.losses.categorical_crossentropy, label_smoothing: 0.1}",
                     "+optimizer.clipnorm=1.0", "trainer.callbacks=[{_target_: x}]"):
         assert bt.group_key(make_cfg(data_dir, refused)) is None, refused
     user_model = OmegaConf.create(OmegaConf.to_container(make_cfg(data_dir)))
