@@ -32,15 +32,21 @@ def trials_of(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def young(trial: optuna.trial.FrozenTrial, epochs: int = 3) -> bool:
+    """Running, its params drawn, its worker's claim set (after the ask), and fewer than `epochs` epochs reported:
+    a trial a test can still cut short, however loaded the machine, before it ends by itself."""
+    return (trial.state == TrialState.RUNNING and bool(trial.params) and "worker" in trial.user_attrs
+            and len(trial.intermediate_values) < epochs)
+
+
 def wait_running(storage: str, name: str, deadline: float = 240) -> list[optuna.trial.FrozenTrial]:
-    """The study's running trials, once one has drawn its params and its worker has claimed it."""
+    """The study's young running trials (see `young`), once there is one."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        running = [t for t in trials_of(storage, name)
-                   if t.state == TrialState.RUNNING and t.params and "worker" in t.user_attrs]  # owner set after ask
+        running = [t for t in trials_of(storage, name) if young(t)]
         if running:
             return running
-        time.sleep(0.3)
+        time.sleep(0.2)
     raise AssertionError("no trial ran within the deadline")
 
 

@@ -39,7 +39,7 @@ def test_twelve_trials_over_three_dask_tasks_one_worker_killed_mid_trial_on_post
 
 def test_ctrl_c_stops_the_dask_tasks_and_gives_their_trials_back(tmp_path, data_dir, postgres, dask_cluster):
     out, url = tmp_path / "interrupted", postgres.new_database()
-    proc = start(out, args(dask_cluster, url, "trainer.epochs=6"))
+    proc = start(out, args(dask_cluster, url, "trainer.epochs=30"))
     wait_running(url, "dask")
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)

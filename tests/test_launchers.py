@@ -55,7 +55,7 @@ def job_processes(folder: Path) -> list[int]:
 def test_a_submitit_job_killed_mid_trial_has_its_trials_retried_and_the_study_ends_exact(tmp_path, data_dir):
     out = tmp_path / "killed"
     storage = f"sqlite:///{out / 'study.db'}"
-    proc = start(out, [*LAUNCHED, "hydra/launcher=submitit_local", "trainer.epochs=4"])
+    proc = start(out, [*LAUNCHED, "hydra/launcher=submitit_local", "trainer.epochs=30"])  # long enough to cut
     victim = wait_running(storage, "launched")[0]
     os.kill(int(victim.user_attrs["worker"].split("/")[-1]), signal.SIGKILL)  # the job's process, as an OOM kill
     stdout, stderr = proc.communicate(timeout=600)
@@ -69,7 +69,7 @@ def test_a_submitit_job_killed_mid_trial_has_its_trials_retried_and_the_study_en
 def test_ctrl_c_of_the_command_stops_its_jobs_gives_back_their_trials_and_a_rerun_resumes(tmp_path, data_dir):
     out = tmp_path / "stopped"
     storage = f"sqlite:///{out / 'study.db'}"
-    proc = start(out, [*LAUNCHED, "hydra/launcher=submitit_local", "trainer.epochs=6"])
+    proc = start(out, [*LAUNCHED, "hydra/launcher=submitit_local", "trainer.epochs=60"])
     wait_running(storage, "launched")
     os.kill(proc.pid, signal.SIGINT)  # the command alone: its jobs are stopped through the storage
     stdout, stderr = proc.communicate(timeout=180)
@@ -81,6 +81,6 @@ def test_ctrl_c_of_the_command_stops_its_jobs_gives_back_their_trials_and_a_reru
     given_back = [t for t in trials if t.state == TrialState.FAIL]
     assert given_back and all(t.user_attrs.get("interrupted") for t in given_back)
     again = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *LAUNCHED, "hydra/launcher=submitit_local",
-                    "trainer.epochs=6")
+                    "trainer.epochs=60")
     assert "study 'launched': " in again.stdout
     check_exact(out, storage, "launched", 6, again.stdout)

@@ -26,7 +26,7 @@ def on_ray(ray_cluster, out, *extra: str):
 
 def test_six_trials_over_two_ray_jobs_one_worker_process_killed_mid_trial(tmp_path, ray_cluster):
     out = tmp_path / "ray"
-    proc = on_ray(ray_cluster, out, "trainer.epochs=12")  # long enough to be cut
+    proc = on_ray(ray_cluster, out, "trainer.epochs=30")  # long enough to be cut
     victim = wait_running(f"sqlite:///{out / 'study.db'}", "ray")[0]
     os.kill(int(victim.user_attrs["worker"].split("/")[-1]), signal.SIGKILL)  # the Ray worker process of a job
     stdout, stderr = proc.communicate(timeout=600)
@@ -41,7 +41,7 @@ def test_six_trials_over_two_ray_jobs_one_worker_process_killed_mid_trial(tmp_pa
 def test_ctrl_c_ends_the_ray_jobs_and_gives_their_trials_back(tmp_path, ray_cluster):
     out = tmp_path / "interrupted"
     storage = f"sqlite:///{out / 'study.db'}"
-    proc = on_ray(ray_cluster, out, "trainer.epochs=12")
+    proc = on_ray(ray_cluster, out, "trainer.epochs=60")
     wait_running(storage, "ray")
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from engines import check_exact, files_holding, retried, slots, start, states, trials_of, wait_running
+from engines import check_exact, files_holding, retried, slots, start, states, trials_of, wait_running, young
 
 # 12 short trials, 2 at a time per worker, 3 one-CPU SLURM jobs; dead workers found in seconds.
 ON_SLURM = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.n_train=1200", "trainer.epochs=3",
@@ -66,8 +66,8 @@ def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_
     given = {t.user_attrs["error"] for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")}
     assert given and all("SIGUSR2" in e for e in given), given  # the job's worker said why, it was not found dead
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (others := [t for t in trials_of(url, "slurm") if t.state ==
-                                                           TrialState.RUNNING and t.params and job_of(t) != warned]):
+    while time.monotonic() < deadline and not (others := [t for t in trials_of(url, "slurm")
+                                                           if young(t) and job_of(t) != warned]):
         time.sleep(0.3)
     requeued = job_of(others[0])
     assert slurm.run("scontrol", "requeue", requeued).returncode == 0
@@ -90,7 +90,7 @@ def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_
 
 def test_ctrl_c_cancels_the_slurm_jobs_and_gives_their_trials_back(tmp_path, data_dir, postgres, slurm):
     out, url = tmp_path / "interrupted", postgres.new_database()
-    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=6"], slurm.env)
+    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=30"], slurm.env)
     wait_running(url, "slurm")
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
