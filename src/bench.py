@@ -125,10 +125,10 @@ def scale_out_rounds(tmp: Path, rounds: int, backend: str) -> list[dict]:
             subprocess.run(["taskset", "-c", cores, sys.executable, "-m", f"{PACKAGE}.sweep", "-m", f"hydra.sweep.dir={folder}",
                             f"hydra.sweeper.n_workers={workers}", f"trainer.backend={backend}"],
                            cwd=ROOT, check=True, capture_output=True, text=True)
-            best = yaml_load(folder / "best.yaml")
+            best, trials = yaml_load(folder / "best.yaml"), pd.read_csv(folder / "trials.csv")
             runs[workers] = {"s": time.perf_counter() - start, "winner": best["trial"],
                              "mean": best["confirmed"]["configs"][best["trial"]]["mean"],
-                             "best_single": float(pd.read_csv(folder / "trials.csv")["value"].max())}
+                             "best_single": float(trials["value"].max()), "epochs": int(trials["epochs"].sum())}
         results.append({"one": runs[1], "two": runs[2], "speed_up": runs[1]["s"] / runs[2]["s"]})
     return results
 
@@ -173,6 +173,8 @@ def scale_out_rows(rounds: list[dict]) -> dict[str, object]:
             [round(r["one"]["mean"], 4), round(r["two"]["mean"], 4)] for r in rounds],
         "scale-out: best single trial val_accuracy, 1 / 2 workers, by round": [
             [round(r["one"]["best_single"], 4), round(r["two"]["best_single"], 4)] for r in rounds],
+        "scale-out: epochs the search trained, 1 / 2 workers, by round": [
+            [r["one"]["epochs"], r["two"]["epochs"]] for r in rounds],
     }
 
 

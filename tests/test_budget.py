@@ -66,3 +66,19 @@ def test_claim_size_keeps_workers_even_and_within_every_limit():
     failed = [trial(i, TrialState.FAIL, error="x") for i in range(4)]
     assert budget.claim_size(failed, 20, settings, START, ran=0) == 1  # one more failure stops the sweep
     assert budget.claim_size(done, 10, settings, START, ran=0) == 1  # nothing left: one, refused by the budget
+
+
+def test_until_the_median_pruner_can_judge_the_workers_share_one_batch():
+    """Two workers claiming a full batch each would train 16 trials unpruned where one worker trains 8."""
+    two = SweeperSettings(batch_trials=8, n_workers=2, n_trials=40, pruner="median", max_failures=10)
+    one = SweeperSettings(batch_trials=8, n_workers=1, n_trials=40, pruner="median", max_failures=10)
+    four = [trial(i, TrialState.COMPLETE) for i in range(4)]
+    assert budget.claim_size([], 40, two, START, ran=0) == 4
+    assert budget.claim_size(four, 40, two, START, ran=0) == 4  # 4 complete: the pruner's 5 not yet
+    assert budget.claim_size([*four, trial(4, TrialState.COMPLETE)], 40, two, START, ran=0) == 8
+    assert budget.claim_size([], 40, one, START, ran=0) == 8  # one worker: as before
+    hyperband = SweeperSettings(batch_trials=8, n_workers=2, n_trials=40, pruner="hyperband", max_failures=10)
+    assert budget.claim_size([], 40, hyperband, START, ran=0) == 8  # judges from the first trial
+    block = SweeperSettings(batch_trials=8, n_workers=2, n_trials=40, max_failures=10,
+                            pruner={"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 0})
+    assert block.pruner_startup == 0 and budget.claim_size([], 40, block, START, ran=0) == 8

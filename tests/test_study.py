@@ -141,6 +141,25 @@ def test_trial_seeded_sampler_differs_between_workers_and_repeats_for_a_seed(tmp
     assert len({tuple(sorted(p.items())) for p in first}) == 4
 
 
+def test_a_trials_draw_does_not_depend_on_how_many_were_asked_with_it(tmp_path):
+    """A batched worker asks K trials, then draws each: trial n still draws from seed + n, so one worker
+    claiming 4 and workers claiming 1 each draw the same start-up points."""
+    def draws(path, together: bool) -> list[dict]:
+        study = new_study(Storage(f"sqlite:///{path}", 1, 2))
+        if together:
+            trials = [study.ask() for _ in range(4)]
+            for trial in trials:
+                suggest(trial, SPACE)
+        else:
+            trials = []
+            for _ in range(4):
+                trials.append(study.ask())
+                suggest(trials[-1], SPACE)
+        return [t.params for t in trials]
+
+    assert draws(tmp_path / "a.db", together=True) == draws(tmp_path / "b.db", together=False)
+
+
 def described(space: dict) -> dict[str, str]:
     return {k: describe(d) for k, d in space.items()}
 

@@ -112,8 +112,11 @@ def too_many_failures(trials: Sequence[FrozenTrial], started: datetime, settings
 def claim_size(trials: Sequence[FrozenTrial], budget: int, settings: Any, started: datetime, ran: int) -> int:
     """How many search trials a worker claims at once: up to batch_trials, within its retirement count
     (`ran` so far), its even share of the slots left, and the failures still allowed (a batch never
-    overshoots max_failures)."""
+    overshoots max_failures). Until the pruner can judge (its `n_startup_trials` complete), a command's
+    workers share one batch: N workers would otherwise train N batches unpruned where one worker trains one."""
     share = even_share(budget - slots_used(trials), settings.n_workers)
     room = settings.max_failures - len(failures_since(trials, started)) if settings.max_failure_rate is None \
         else settings.batch_trials
+    if sum(t.state == TrialState.COMPLETE for t in trials) < settings.pruner_startup:
+        share = min(share, even_share(min(settings.batch_trials, room), settings.n_workers))
     return max(1, min(settings.batch_trials, settings.max_trials_per_worker - ran, share, room))

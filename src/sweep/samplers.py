@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections import OrderedDict
 from typing import Any, Callable
 
 import optuna
@@ -61,33 +62,47 @@ def _from_block(block: dict[str, Any], seed: int | None) -> BaseSampler:
 
 
 class TrialSeeded(BaseSampler):
-    """Delegates to a sampler made anew with `seed + trial.number` before each trial."""
+    """Delegates each trial to its own sampler, made with `seed + trial.number` when the trial starts: a worker
+    that asks K trials before drawing any still draws each from its own seed, so trial n's draw does not depend
+    on how many trials were claimed with it (nor on the number of workers)."""
+
+    KEPT = 256  # samplers of trials not yet ended (a batch's); older ones are dropped
 
     def __init__(self, make: Callable[[int], BaseSampler], seed: int) -> None:
         self._make, self._seed = make, seed
-        self._inner = make(seed)
+        self._inner = make(seed)  # before any trial (e.g. reseed_rng)
+        self._by_trial: OrderedDict[int, BaseSampler] = OrderedDict()
+
+    def _of(self, trial: FrozenTrial) -> BaseSampler:
+        if trial.number not in self._by_trial:
+            self._by_trial[trial.number] = self._make(self._seed + trial.number)
+            while len(self._by_trial) > self.KEPT:
+                self._by_trial.popitem(last=False)
+        return self._by_trial[trial.number]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner = self._make(self._seed + trial.number)
-        self._inner.before_trial(study, trial)
+        self._of(trial).before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self._inner.infer_relative_search_space(study, trial)
+        return self._of(trial).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, search_space)
+        return self._of(trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: list[float] | None) -> None:
-        self._inner.after_trial(study, trial, state, values)
+        self._of(trial).after_trial(study, trial, state, values)
+        self._by_trial.pop(trial.number, None)
 
     def reseed_rng(self) -> None:
         self._inner.reseed_rng()
+        for sampler in self._by_trial.values():
+            sampler.reseed_rng()
 
 
 def grid_size(space: SearchSpace) -> int:

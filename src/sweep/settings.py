@@ -235,6 +235,16 @@ class SweeperSettings:
         return self.pruner_name not in ("none", "NopPruner") and len(self.objectives) == 1
 
     @property
+    def pruner_startup(self) -> int:
+        """Trials that must complete before the pruner judges any (MedianPruner's and PercentilePruner's
+        `n_startup_trials`, Optuna's default 5); 0 for the others, which judge from the first."""
+        name = self.pruner_name
+        if not self.pruning or name not in ("median", "MedianPruner", "PercentilePruner"):
+            return 0
+        kwargs = self.pruner if isinstance(self.pruner, dict) else self.pruners.get(name) or {}
+        return int(kwargs.get("n_startup_trials", 5))
+
+    @property
     def grace(self) -> int:
         """Seconds without a heartbeat after which a running trial is taken for dead (Optuna's default: 2x)."""
         return self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
