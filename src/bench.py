@@ -28,11 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import CONFIG_DIR, PACKAGE
+from .bench_flops import REFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ["data.n_train=null", "model.units=10", "model.layers=2", "model.activation=relu", "optimizer=adam",
-             "optimizer.lr=0.001", "trainer.batch_size=32", "trainer.epochs=10", "trainer.verbose=0",
-             "trainer.test=false"]
 
 
 def yaml_load(path: Path) -> dict:
