@@ -47,7 +47,7 @@ def test_sampler_blocks_of_known_classes_run_as_their_names(block, name, seed, k
 
 
 def test_every_sampler_option_of_the_group_makes_its_sampler():
-    from src.sweep.samplers import make_sampler
+    from src.sweep.samplers import TrialSeeded, make_sampler
     from src.sweep.settings import SAMPLER_OPTIONS, sampler_option
     from src.sweep.space import parse
 
@@ -59,7 +59,7 @@ def test_every_sampler_option_of_the_group_makes_its_sampler():
                 make_sampler(s.sampler, s.seed, {}, space)
             continue
         sampler = make_sampler(s.sampler, s.seed, s.samplers.get(s.sampler_name) or {}, space)
-        inner = getattr(sampler, "_inner", sampler)
+        inner = sampler.of(0) if isinstance(sampler, TrialSeeded) else sampler
         assert type(inner).__name__ == SAMPLER_OPTIONS["tpe" if name == "motpe" else name][0]
 
 

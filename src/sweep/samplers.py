@@ -70,37 +70,36 @@ class TrialSeeded(BaseSampler):
 
     def __init__(self, make: Callable[[int], BaseSampler], seed: int) -> None:
         self._make, self._seed = make, seed
-        self._inner = make(seed)  # before any trial (e.g. reseed_rng)
         self._by_trial: OrderedDict[int, BaseSampler] = OrderedDict()
 
-    def _of(self, trial: FrozenTrial) -> BaseSampler:
-        if trial.number not in self._by_trial:
-            self._by_trial[trial.number] = self._make(self._seed + trial.number)
+    def of(self, number: int) -> BaseSampler:
+        """The sampler trial `number` draws from."""
+        if number not in self._by_trial:
+            self._by_trial[number] = self._make(self._seed + number)
             while len(self._by_trial) > self.KEPT:
                 self._by_trial.popitem(last=False)
-        return self._by_trial[trial.number]
+        return self._by_trial[number]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._of(trial).before_trial(study, trial)
+        self.of(trial.number).before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self._of(trial).infer_relative_search_space(study, trial)
+        return self.of(trial.number).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self._of(trial).sample_relative(study, trial, search_space)
+        return self.of(trial.number).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
+        return self.of(trial.number).sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: list[float] | None) -> None:
-        self._of(trial).after_trial(study, trial, state, values)
+        self.of(trial.number).after_trial(study, trial, state, values)
         self._by_trial.pop(trial.number, None)
 
     def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
         for sampler in self._by_trial.values():
             sampler.reseed_rng()
 
