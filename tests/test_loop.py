@@ -337,6 +337,23 @@ def test_a_stop_asked_through_the_storage_ends_the_search_before_its_next_claim(
     assert study.get_trials() == []
 
 
+def test_a_launcher_job_that_starts_after_its_commands_stop_claims_nothing(tmp_path):
+    """The job's first look at the study already sees the stop: the command no longer waits for a job it never
+    saw alive, so one that claimed in the heartbeat interval before its next look left its trial RUNNING."""
+    from src.sweep.launch import Watcher
+    from src.sweep.optuna_internals import set_study_system_attr
+    from src.sweep.processes import Stopped
+
+    sweep = make_sweep(tmp_path)
+    study = sweep.open()
+    set_study_system_attr(study, "stop:cmd", 1.0)  # the command's Ctrl-C, before this job started
+    with Watcher(sweep, "cmd/1/host/1", "cmd"):
+        assert sweep.runner.stopping.is_set()
+        with pytest.raises(Stopped):
+            drain(study, Search(sweep, None), "cmd/1/host/1", 2, 1)
+    assert study.get_trials() == []
+
+
 def test_failed_heartbeats_are_one_line_per_claim_and_the_beats_go_on(tmp_path, monkeypatch, capfd):
     """A storage down for a while (PostgreSQL restarted): Optuna's beating thread would print a traceback and
     stop, one per claimed trial (523 lines seen); here one warning line, and each trial beats again."""

@@ -134,7 +134,8 @@ class Watcher(threading.Thread):
         self.study = sweep.open()
 
     def __enter__(self) -> Watcher:
-        self.beat()
+        if self.beat():  # a job that starts after its command's Ctrl-C (Ray reuses warm workers) claims nothing
+            self.sweep.runner.stopping.set()
         self.start()
         return self
 
