@@ -142,8 +142,10 @@ SWEEP_S = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "hydra.
 
 def sweep_s_rounds(tmp: Path, rounds: int, backend: str, peer_dir: Path) -> list[dict]:
     """Sweep S, whole processes timed from the command line: the project's sweep and the plain-Optuna script,
-    alternating which runs first; best val_accuracy of each."""
+    alternating which runs first; best val_accuracy of each. The project's JAX compilation cache starts empty
+    (round 1 compiles, later rounds load: a user's second sweep)."""
     script = peer_dir / "sweep_s" / "optuna_plain.py"
+    fresh_cache = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache")}
     results = []
     for r in range(rounds):
         runs = {}
@@ -152,7 +154,8 @@ def sweep_s_rounds(tmp: Path, rounds: int, backend: str, peer_dir: Path) -> list
             start = time.perf_counter()
             if who == "project":
                 subprocess.run([sys.executable, "-m", f"{PACKAGE}.sweep", "-m", f"hydra.sweep.dir={folder}", *SWEEP_S,
-                                f"trainer.backend={backend}"], cwd=ROOT, check=True, capture_output=True, text=True)
+                                f"trainer.backend={backend}"], cwd=ROOT, check=True, capture_output=True, text=True,
+                               env=fresh_cache)
             else:
                 subprocess.run([sys.executable, script.name, "--out", str(folder)], cwd=script.parent, check=True,
                                capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})

@@ -136,12 +136,21 @@ def test_batch_norm_trials_train_batched_and_replay_exactly(tmp_path, data_dir):
     assert abs(accuracy - best["val_accuracy"]) <= 1 / len(data.x_val)
 
 
-def test_a_jax_sweep_loads_no_tensorflow_in_its_workers(tmp_path, data_dir):
-    out, probes = tmp_path / "jax", tmp_path / "probes"
+def test_a_jax_sweep_loads_no_tensorflow_in_its_workers_and_compiles_each_program_once_per_machine(tmp_path, data_dir):
+    """No TensorFlow in a JAX worker; its compiled programs go to JAX's persistent cache in the user's cache folder,
+    and the next sweep loads them from there (no new entry) to the same metrics."""
+    probes, cache = tmp_path / "probes", tmp_path / "cache"
     probes.mkdir()
-    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *SMALL[:7], "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none",
-            "hydra.sweeper.confirm.top_k=0", "trainer.backend=jax", "hydra.sweeper.worker_init=tests.worker_probe.record_modules",
-            env={"WORKER_PROBE_DIR": str(probes)})
-    assert (pd.read_csv(out / "trials.csv")["state"] == "COMPLETE").all()
+    runs = {}
+    for run in ("first", "again"):
+        run_cli("sweep", "-m", f"hydra.sweep.dir={tmp_path / run}", *SMALL[:7], "hydra.sweeper.n_trials=3",
+                "hydra.sweeper.pruner=none", "hydra.sweeper.confirm.top_k=0", "trainer.backend=jax",
+                "hydra.sweeper.worker_init=tests.worker_probe.record_modules",
+                env={"WORKER_PROBE_DIR": str(probes), "XDG_CACHE_HOME": str(cache)})
+        trials = pd.read_csv(tmp_path / run / "trials.csv")
+        assert (trials["state"] == "COMPLETE").all()
+        runs[run] = (trials["value"].tolist(), sorted(p.name for p in (cache / "keras_sweep" / "jax").glob("*-cache*")))
     seen = [json.loads(p.read_text()) for p in probes.glob("*.json")]
     assert seen and all(s["jax"] and s["keras"] and not s["tensorflow"] for s in seen), seen
+    assert runs["first"][1], "nothing compiled went to the cache"
+    assert runs["again"] == runs["first"]

@@ -1,14 +1,17 @@
-"""The stop signals of a worker process: held around a storage step, whichever thread the kernel hands them to."""
+"""The worker processes of a command: stop signals held around a storage step, whichever thread the kernel hands
+them to; workers started early warm up while the command checks the sweep, then work, or are sent away."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from src.sweep.processes import Stopped, raise_on_signals, restore_signals, signals_held
+from src.sweep.processes import Exit, Pool, Stopped, raise_on_signals, restore_signals, signals_held
 
 
 def test_a_signal_another_thread_receives_waits_for_the_end_of_the_held_block():
@@ -66,3 +69,50 @@ def test_a_stop_the_interrupted_library_turned_into_another_error_is_never_told_
     assert study.trials[0].state == TrialState.RUNNING  # not FAIL: the claim gives it back, not counted
     later = study.ask()  # once the handlers are restored the stop is handled: a later failure is told as one
     assert tell(study, later, TrialOutcome.failed(ValueError("boom")), ["value"], "nowhere").state == TrialState.FAIL
+
+
+def _note(folder: Path, what: str) -> None:
+    (folder / f"{what}-{os.getpid()}").write_text(json.dumps(sorted(os.sched_getaffinity(0))))
+
+
+def _pids(folder: Path, what: str) -> set[int]:
+    return {int(p.name.rsplit("-", 1)[1]) for p in folder.glob(f"{what}-*")}
+
+
+def test_workers_started_early_warm_up_then_do_the_work(tmp_path):
+    """The command's workers import Keras and read the data while it still checks the sweep and opens the study;
+    the same processes then work, each once, and end DONE."""
+    def work(slot: int, owner: str) -> Exit:
+        _note(tmp_path, "work")
+        return Exit.DONE
+
+    with Pool(work, lambda owner, reason: None, max_deaths=0) as pool:
+        pool.warm_up(2, lambda: _note(tmp_path, "warm"))
+        pool.run(2)
+    assert len(_pids(tmp_path, "warm")) == 2
+    assert _pids(tmp_path, "work") == _pids(tmp_path, "warm")
+
+
+def test_workers_started_early_for_another_count_are_sent_away(tmp_path):
+    """Pinned to half the cores each for two workers, they would leave a core idle when the study has one trial
+    left: the command stops them and starts the one it needs; and a command that ends before its workers are
+    needed (a refused sweep) leaves none running."""
+    def work(slot: int, owner: str) -> Exit:
+        _note(tmp_path, "work")
+        return Exit.DONE
+
+    with Pool(work, lambda owner, reason: None, max_deaths=0) as pool:
+        pool.warm_up(2, lambda: _note(tmp_path, "warm"))
+        warm = [proc for proc, _, _ in pool.warm.values()]
+        pool.run(1)
+    assert all(proc.exitcode is not None for proc in warm)
+    assert len(_pids(tmp_path, "work")) == 1 and not _pids(tmp_path, "work") & _pids(tmp_path, "warm")
+    assert json.loads(next(tmp_path.glob("work-*")).read_text()) == sorted(os.sched_getaffinity(0))
+
+    with pytest.raises(RuntimeError, match="the sweep was refused"):
+        with Pool(work, lambda owner, reason: None, max_deaths=0) as pool:
+            pool.warm_up(1, lambda: time.sleep(30))  # still warming up when the command gives up
+            warm = [proc for proc, _, _ in pool.warm.values()]
+            raise RuntimeError("the sweep was refused")
+    assert all(proc.exitcode is not None for proc in warm)
+    assert len(_pids(tmp_path, "work")) == 1

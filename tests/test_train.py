@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT, error_lines, run_cli
 
+from src.backend import cache_compilations
 from src.metrics import RUN_METRICS
 
 METRICS = {"val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "train_accuracy", "train_loss",
@@ -119,6 +120,28 @@ def test_jax_backend_trains_the_same_network(tmp_path, data_dir):
     _, out = train(tmp_path, "trainer.backend=jax", "data.n_train=3000", "trainer.verbose=0", name="jax")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["param_count"] == 7993 and metrics["val_accuracy"] > 0.85 and metrics["test_accuracy"] > 0.85
+
+
+def test_jax_compiles_into_the_users_cache_folder_unless_jax_is_told_where(tmp_path, monkeypatch):
+    class Config:  # jax.config's two calls the project makes
+        def __init__(self, folder: str | None) -> None:
+            self.jax_compilation_cache_dir, self.updates = folder, {}
+
+        def update(self, name: str, value: object) -> None:
+            self.updates[name] = value
+
+    class Jax:
+        def __init__(self, folder: str | None) -> None:
+            self.config = Config(folder)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    jax = Jax(None)
+    cache_compilations(jax)
+    assert jax.config.updates["jax_compilation_cache_dir"] == str(tmp_path / "keras_sweep" / "jax")
+    assert jax.config.updates["jax_compilation_cache_max_size"] == 2**30
+    jax = Jax("/somewhere/the/user/chose")  # JAX_COMPILATION_CACHE_DIR, or set in code: left as is
+    cache_compilations(jax)
+    assert jax.config.updates == {}
 
 
 def test_any_keras_optimizer_by_name_or_target(tmp_path, data_dir):

@@ -29,8 +29,8 @@ from .settings import SweeperSettings
 from .space import describe
 from .storage import Storage, StorageGone, failure
 from .study import best_test, best_trial, check_space
-from .prepare import prepare
-from .worker import work
+from .prepare import check, prepare
+from .worker import warm_up, work
 
 
 def run(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
@@ -54,29 +54,34 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
         check_shareable(storage, launcher)
     local_gpus = launcher == "basic" and settings.gpus_per_worker > 0
     devices = gpus.slices(settings.gpus_per_worker, settings.n_workers) if local_gpus else None
-    n_workers = min(join(sweep, local=launcher == "basic"), len(devices) if devices else settings.n_workers)
-    progress.print_start(sweep.name, sweep.budget, settings, n_workers, folder, storage.display, launcher)
-    try:
-        if n_workers and launcher == "basic":  # forked worker processes of this command
-            processes.run(lambda slot, owner: work(sweep, slot, owner), n_workers,
-                          lambda owner, reason: give_back_worker(sweep, owner, reason), settings.max_failures, devices)
-        elif n_workers:  # jobs of a Hydra launcher, each running the same worker loop
-            Launch(sweep, hydra_context, task_function, config, arguments,
-                   {**asdict(settings), "n_jobs": None}).run(n_workers)
-    except processes.Stopped as e:
+    with processes.Pool(lambda slot, owner: work(sweep, slot, owner), lambda owner, reason: give_back_worker(sweep, owner, reason),
+                        settings.max_failures, devices) as pool:
+        if launcher == "basic" and settings.worker_init:  # forked workers import Keras and read the data meanwhile
+            pool.warm_up(min(settings.n_workers, len(devices) if devices else len(os.sched_getaffinity(0))),
+                         lambda: warm_up(sweep))
+        check(sweep)
+        n_workers = min(join(sweep, local=launcher == "basic"), len(devices) if devices else settings.n_workers)
+        progress.print_start(sweep.name, sweep.budget, settings, n_workers, folder, storage.display, launcher)
         try:
-            sweep.write_tables(sweep.open(), importance=True)
-        except Exception:  # noqa: BLE001 - the tables of the last trial stay; nothing else to save
-            pass
-        print(f"{e}: the running trials are given back (marked FAIL, not counted); tables are in {folder}; "
-              f"run the same command again to resume", file=sys.stderr, flush=True)
-        raise SystemExit(e.code) from None
-    except UserError:
-        try:
-            finish(sweep)
-        except Exception:  # noqa: BLE001 - the storage or disk that failed the workers: their error is the one
-            pass
-        raise
+            if n_workers and launcher == "basic":  # forked worker processes of this command
+                pool.run(n_workers)
+            elif n_workers:  # jobs of a Hydra launcher, each running the same worker loop
+                Launch(sweep, hydra_context, task_function, config, arguments,
+                       {**asdict(settings), "n_jobs": None}).run(n_workers)
+        except processes.Stopped as e:
+            try:
+                sweep.write_tables(sweep.open(), importance=True)
+            except Exception:  # noqa: BLE001 - the tables of the last trial stay; nothing else to save
+                pass
+            print(f"{e}: the running trials are given back (marked FAIL, not counted); tables are in {folder}; "
+                  f"run the same command again to resume", file=sys.stderr, flush=True)
+            raise SystemExit(e.code) from None
+        except UserError:
+            try:
+                finish(sweep)
+            except Exception:  # noqa: BLE001 - the storage or disk that failed the workers: their error is the one
+                pass
+            raise
     finish(sweep)
 
 
@@ -86,10 +91,9 @@ def join(sweep: Sweep, local: bool = True) -> int:
     settings, folder = sweep.settings, sweep.folder
     with results.writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
-    if settings.mlflow.tracking_uri:  # each finished trial as an MLflow run (e.g. sqlite:///<sweep dir>/mlflow.db)
-        logger = tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask)
-        sweep.runner.on_told.append(logger)
-        logger.prepare(folder)
+    for tracker in sweep.runner.on_told:  # MLflow's store and experiment, once, before any worker logs to it
+        if isinstance(tracker, tracking.MlflowLogger):
+            tracker.prepare(folder)
     _check_folder(sweep)
     study = sweep.open(create=True)
     check_space(study, {k: describe(d) for k, d in sweep.space.distributions.items()}, sweep.space.fixed)

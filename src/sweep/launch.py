@@ -40,7 +40,7 @@ from omegaconf import DictConfig, open_dict
 from optuna.trial import TrialState
 
 from ..errors import UserError, first_line
-from . import budget, gpus, progress, tracking
+from . import budget, gpus, progress
 from .confirm import Confirmation
 from .context import Sweep
 from .hydra_internals import returned
@@ -109,8 +109,6 @@ class WorkerJob:
         sweep = prepare(settings, self.hydra_context, self.task_function, self.config, self.arguments, folder, storage)
         sweep.started = self.started  # failures are counted over the whole command
         sweep.quiet = True  # the command prints each trial's line
-        if settings.mlflow.tracking_uri:
-            sweep.runner.on_told.append(tracking.MlflowLogger(settings.mlflow, sweep.name, sweep.runner.mask))
         return sweep
 
 

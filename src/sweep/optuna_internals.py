@@ -11,16 +11,30 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread, is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 
-def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, **attrs: Any) -> None:
-    """Set user attributes of a trial known by its frozen record (Optuna's public setter needs a live Trial)."""
-    for key, value in attrs.items():
-        study._storage.set_trial_user_attr(trial._trial_id, key, value)
+def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set user attributes of a trial, live or known by its frozen record, in one transaction of an RDB storage
+    (Optuna's setter commits each key: a told trial's dozen metrics were a dozen SQLite commits, ~1.5 ms each);
+    one call per key on the other storages. Raises UpdateFinishedTrialError, and sets none, once it finished."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in its _CachedStorage
+    if isinstance(backend, RDBStorage):
+        from optuna.storages._rdb.models import TrialUserAttributeModel
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for key, value in attrs.items():
+                backend._set_trial_attr_without_commit(session, TrialUserAttributeModel, trial._trial_id, key, value)
+    else:
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+    if isinstance(trial, optuna.Trial):  # what Trial.set_user_attr keeps for its own reads
+        trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
 def set_system_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:

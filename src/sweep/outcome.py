@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError, first_line
-from .optuna_internals import frozen
+from .optuna_internals import frozen, set_user_attrs
 from .processes import signals_held, stop_received
 from .recovery import give_back
 
@@ -99,8 +99,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, object
         raise UserError(str(outcome.error))
     try:
         with signals_held():
-            trial.set_user_attr("run_dir", run_dir)
-            _record(study, trial, outcome, objectives)
+            _record(study, trial, outcome, objectives, run_dir)
     except optuna.exceptions.UpdateFinishedTrialError:
         print(f"trial {trial.number} was failed by another worker while it ran (no heartbeat within "
               f"the grace period); its result is not recorded", flush=True)
@@ -108,21 +107,26 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, object
     return frozen(study, trial)
 
 
-def _record(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str]) -> None:
+def _record(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str], run_dir: str) -> None:
+    """Its folder, metrics and error as user attributes (one transaction), then the state and values."""
+    attrs: dict[str, Any] = {"run_dir": run_dir}
     if outcome.error is not None:
-        trial.set_user_attr("error", outcome.error)
-        return _tell(study, trial, state=TrialState.FAIL)
-    for key, value in outcome.metrics.items():
-        if isinstance(value, (bool, int, float, str)) and key not in RESERVED:
-            trial.set_user_attr(key, value)
-    if outcome.pruned_at is not None:
-        return _tell(study, trial, state=TrialState.PRUNED)
+        set_user_attrs(study, trial, {**attrs, "error": outcome.error})
+        _tell(study, trial, state=TrialState.FAIL)
+        return
+    attrs.update({key: value for key, value in outcome.metrics.items()
+                  if isinstance(value, (bool, int, float, str)) and key not in RESERVED})
     values = outcome.values(objectives)
-    if values is None:
+    if outcome.pruned_at is None and values is None:
         found = [outcome.metrics.get(m) for m in objectives]
-        trial.set_user_attr("error", f"objective {objectives} not in the task's metrics or not finite: {found}")
-        return _tell(study, trial, state=TrialState.FAIL)
-    _tell(study, trial, values=values)
+        attrs["error"] = f"objective {objectives} not in the task's metrics or not finite: {found}"
+    set_user_attrs(study, trial, attrs)
+    if outcome.pruned_at is not None:
+        _tell(study, trial, state=TrialState.PRUNED)
+    elif values is None:
+        _tell(study, trial, state=TrialState.FAIL)
+    else:
+        _tell(study, trial, values=values)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **result: Any) -> None:

@@ -1,6 +1,7 @@
-"""Before any study is touched: the search space parsed, the trial config composed at every choice and at
-both ends of every range and checked, and the `Sweep` every phase reads. The sweep command does this first;
-a launcher job does it again, from the same ingredients, before it runs the worker loop."""
+"""Before any study is touched: the search space parsed and the `Sweep` every phase reads (`prepare`), then the
+trial config composed at every choice and at both ends of every range and checked (`check`). The sweep command
+does both, its local workers warming up in between; a launcher job prepares again, from the same ingredients,
+before it runs the worker loop."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -23,13 +24,15 @@ from .samplers import grid_size
 from .settings import SweeperSettings
 from .space import SearchSpace, format_value, parse
 from .storage import Storage, masking
+from .tracking import MlflowLogger
 from .wandb_tracking import WandbLogger
 
 
 def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_function: TaskFunction,
             config: DictConfig, arguments: list[str], folder: Path, storage: Storage) -> Sweep:
-    """The sweep's context, everything checked before the study is touched: the search space, every trial config.
-    Each launcher job makes it again from the same ingredients."""
+    """The sweep's context, before the study is touched: the search space and one composed trial config (the
+    workers warm up with it); `check` composes and checks the others. Each launcher job makes it again from
+    the same ingredients."""
     space = parse(settings.params, arguments)
     n_trials = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
     runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder,
@@ -40,13 +43,16 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
     for note in settings.notes:
         print(f"note: {note}", flush=True)
-    task_config = validate(runner, space, settings.confirm.top_k > 0)
+    task_config = _compose(runner, *samples(space)[0])
     if task_config.get("trainer", {}).get("tensorboard"):  # each trial's HParams session, once told
         runner.on_told.append(hparams.SessionWriter())
     if settings.wandb.project:  # each told trial as a W&B run
         runner.on_told.append(WandbLogger(settings.wandb, folder))
-    return Sweep(settings, space, settings.study_name or fresh_name(runner, folder), storage, folder, n_trials, runner,
-                 task_config=task_config, started=datetime.now())
+    name = settings.study_name or fresh_name(runner, folder)
+    if settings.mlflow.tracking_uri:  # each told trial as an MLflow run (the command makes its store, once)
+        runner.on_told.append(MlflowLogger(settings.mlflow, name, runner.mask))
+    return Sweep(settings, space, name, storage, folder, n_trials, runner, task_config=task_config,
+                 started=datetime.now())
 
 
 def fresh_name(runner: Runner, folder: Path) -> str:
@@ -63,28 +69,38 @@ def fresh_name(runner: Runner, folder: Path) -> str:
     return name
 
 
-def validate(runner: Runner, space: SearchSpace, runner_confirms: bool = False) -> DictConfig:
-    """Compose the trial config at every choice and at both ends of every range, and check each, so a bad
-    key or a value that can only fail stops the sweep before any trial. Returns one (for warm-up)."""
+def samples(space: SearchSpace) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(what is varied, the params): every param at its first choice or low end, then each other choice and high
+    end in turn."""
     def ends(dist: Any) -> list[Any]:
         return list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
 
     base = {key: ends(dist)[0] for key, dist in space.distributions.items()}
-    samples = [({}, base)] + [({key: v}, {**base, key: v}) for key, dist in space.distributions.items()
-                              for v in ends(dist)[1:]]
-    first = None
-    for varied, params in samples:
-        where = f" (with {', '.join(f'{k}={format_value(v)}' for k, v in varied.items())})" if varied else ""
-        try:
-            cfg = runner.compose(params, resolve=False)
-        except HydraException as e:
-            raise UserError(f"{composition_error(e)}{where}") from None
+    return [({}, base)] + [({key: v}, {**base, key: v}) for key, dist in space.distributions.items()
+                           for v in ends(dist)[1:]]
+
+
+def check(sweep: Sweep) -> None:
+    """Compose the trial config at every choice and at both ends of every range, and check each, so a bad
+    key or a value that can only fail stops the sweep before any trial."""
+    runner = sweep.runner
+    for n, (varied, params) in enumerate(samples(sweep.space)):
+        cfg = sweep.task_config if n == 0 else _compose(runner, varied, params)
         try:
             if runner.own:  # this project's training config (another Hydra app brings its own checks)
                 check_config(cfg)
-            if runner_confirms:
+            if sweep.settings.confirm.top_k > 0:
                 confirm.check(cfg)
         except UserError as e:
-            raise UserError(f"{e}{where}") from None
-        first = first if first is not None else cfg
-    return first
+            raise UserError(f"{e}{_where(varied)}") from None
+
+
+def _compose(runner: Runner, varied: dict[str, Any], params: dict[str, Any]) -> DictConfig:
+    try:
+        return runner.compose(params, resolve=False)
+    except HydraException as e:
+        raise UserError(f"{composition_error(e)}{_where(varied)}") from None
+
+
+def _where(varied: dict[str, Any]) -> str:
+    return f" (with {', '.join(f'{k}={format_value(v)}' for k, v in varied.items())})" if varied else ""

@@ -158,35 +158,66 @@ def _ignore_signals() -> None:
 Work = Callable[[int, str], Exit]  # (slot, owner id) -> how the worker ended
 
 
-def run(work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int,
-        gpus: list[list[str]] | None = None) -> None:
-    """Keep `n_workers` workers running `work` until each is DONE; restart retired and dead ones.
-
-    `give_back(owner, reason)` runs after a worker ended abnormally, for the trials it left running.
-    Raises `UserError` (a worker's message, or too many deaths) or `Stopped` (a signal), always after
-    every worker has exited. `gpus`: each slot's devices (`src.sweep.gpus`), where workers get GPUs.
-    """
-    Pool(work, n_workers, give_back, max_deaths, gpus).run()
-
-
 class Pool:
-    """The running worker processes of one command, by slot, with their owner ids."""
+    """The worker processes of one command, by slot, with their owner ids. Used as a context manager: workers
+    started early (`warm_up`) and never put to work are stopped as it ends."""
 
-    def __init__(self, work: Work, n_workers: int, give_back: Callable[[str, str], None], max_deaths: int,
+    def __init__(self, work: Work, give_back: Callable[[str, str], None], max_deaths: int,
                  gpus: list[list[str]] | None = None) -> None:
-        self.work, self.n_workers, self.give_back, self.max_deaths = work, n_workers, give_back, max_deaths
-        self.gpus = gpus
+        """`give_back(owner, reason)` runs after a worker ended abnormally, for the trials it left running.
+        `gpus`: each slot's devices (`src.sweep.gpus`), where workers get GPUs."""
+        self.work, self.give_back, self.max_deaths, self.gpus = work, give_back, max_deaths, gpus
         self.context = multiprocessing.get_context("fork")
         self.errors = self.context.Queue()
+        self.n_workers = 0
         self.running: dict[int, tuple[Any, str]] = {}
+        self.warm: dict[int, tuple[Any, str, Any]] = {}  # started early, waiting for `run`: process, owner, go-ahead
         self.deaths = 0
         self.failure: str | None = None
 
-    def run(self) -> None:
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def warm_up(self, n_workers: int, warm: Callable[[], None]) -> None:
+        """Start the workers of `run(n_workers)` now: each runs `warm` (imports, data) while this process still
+        checks the sweep, then waits for `run` to put it to work."""
+        self.n_workers = n_workers
+        for slot in range(n_workers):
+            go, send = self.context.Pipe(duplex=False)
+            proc, owner = self._fork(slot, _warm_then_work(warm, go, self.work))
+            self.warm[slot] = (proc, owner, send)
+
+    def discard(self) -> None:
+        """Stop the workers started early that `run` did not take (they hold no trial)."""
+        for proc, _, _ in self.warm.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc, _, _ in self.warm.values():
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self.warm.clear()
+
+    def run(self, n_workers: int) -> None:
+        """Keep `n_workers` workers running `work` until each is DONE; restart retired and dead ones. Raises
+        `UserError` (a worker's message, or too many deaths) or `Stopped` (a signal), always after every worker
+        has exited."""
         raise_on_signals(once=False)
         try:
-            for slot in range(self.n_workers):
-                self.start(slot)
+            if n_workers != self.n_workers:  # those started early are pinned to a share of cores for another count
+                self.discard()
+            self.n_workers = n_workers
+            for slot in range(n_workers):
+                if slot in self.warm:
+                    proc, owner, send = self.warm.pop(slot)
+                    send.send(True)
+                    self.running[slot] = (proc, owner)
+                else:
+                    self.start(slot)
             while self.running:
                 multiprocessing.connection.wait([p.sentinel for p, _ in self.running.values()])
                 for slot, (proc, owner) in list(self.running.items()):
@@ -202,12 +233,15 @@ class Pool:
             raise UserError(self.failure)
 
     def start(self, slot: int) -> None:
+        self.running[slot] = self._fork(slot, self.work)
+
+    def _fork(self, slot: int, work: Work) -> tuple[Any, str]:
         owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}"
         devices = self.gpus[slot] if self.gpus else None
-        proc = self.context.Process(target=_worker_main, args=(self.work, slot, self.n_workers, owner, self.errors,
+        proc = self.context.Process(target=_worker_main, args=(work, slot, self.n_workers, owner, self.errors,
                                                                os.getpid(), devices))
         proc.start()
-        self.running[slot] = (proc, owner)
+        return proc, owner
 
     def ended(self, slot: int, code: int, owner: str) -> None:
         """A worker exited with `code`: start another in its slot, or stop them all."""
@@ -231,6 +265,21 @@ class Pool:
         elif self.failure is None:
             print(f"a worker process ended ({how}); its trial is given back; starting another", file=sys.stderr, flush=True)
             self.start(slot)
+
+
+def _warm_then_work(warm: Callable[[], None], go: Any, work: Work) -> Work:
+    """A worker started early: `warm`, then `work` once its command says go (or exit, if it says no or is gone)."""
+    def early(slot: int, owner: str) -> Exit:
+        try:
+            warm()
+        except Exception:  # noqa: BLE001 - the worker's own warm-up meets it again and reports it, once the sweep is checked
+            pass
+        try:
+            ahead = go.recv()
+        except EOFError:  # the command ended without a word
+            ahead = False
+        return work(slot, owner) if ahead else Exit.DONE
+    return early
 
 
 def _message(errors: Any) -> str:

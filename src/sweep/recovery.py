@@ -42,7 +42,7 @@ def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool 
     retry = retry and bool(trial.params or "fixed_params" in trial.system_attrs) and \
         len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY  # a queued trial cut short before it drew: none
     try:
-        set_user_attrs(study, trial, interrupted=True, error=reason)
+        set_user_attrs(study, trial, {"interrupted": True, "error": reason})
         if retry:
             set_system_attr(study, trial, RETRY, True)  # its slot stays taken from the FAIL to the queued retry
         if not fail(study, trial):

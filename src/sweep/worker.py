@@ -32,8 +32,7 @@ def work(sweep: Sweep, slot: int, owner: str) -> Exit:
 
 def _work(sweep: Sweep, slot: int, owner: str) -> Exit:
     s = sweep.settings
-    if s.worker_init:
-        get_method(PACKAGE + s.worker_init if s.worker_init.startswith(".") else s.worker_init)(sweep.task_config)
+    warm_up(sweep)
     study = sweep.open()
     sweep.runner.live = s.n_workers == 1 and sys.stdout.isatty()
     batcher = BatchRunner(sweep.runner, sweep.task_config) if s.batch_trials > 1 and "trainer" in sweep.task_config else None
@@ -44,3 +43,11 @@ def _work(sweep: Sweep, slot: int, owner: str) -> Exit:
     elif slot == 0:  # retirement happens only for a trial to run: the replay needs no fresh process
         sweep.runner.test_best(study, list(s.test_overrides))
     return Exit.DONE
+
+
+def warm_up(sweep: Sweep) -> None:
+    """`worker_init` (this project's imports Keras and reads the data): once per process before its first trial,
+    a second call finding everything loaded."""
+    init = sweep.settings.worker_init
+    if init:
+        get_method(PACKAGE + init if init.startswith(".") else init)(sweep.task_config)
