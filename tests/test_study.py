@@ -88,6 +88,20 @@ def test_a_queued_trial_cut_short_before_it_drew_its_params_is_queued_again(tmp_
     assert again.state == TrialState.WAITING and again.system_attrs["fixed_params"] == {"config": 3, "seed": 1}
 
 
+def test_a_grid_point_given_back_without_a_retry_is_run_by_a_later_trial(tmp_path):
+    """Two workers asking for a sweep's last slot at once: one trial is given back unrun. Optuna's GridSampler
+    had counted its point as visited, so raising n_trials ran another point twice and that one never."""
+    grid = parse({"u": "choice(8, 16, 24)"}, [])
+    study = open_study(sqlite_storage(tmp_path).connect(), "g", ["maximize"], make_sampler("grid", 0, {}, grid),
+                       optuna.pruners.NopPruner())
+    first, second, past = study.ask(), study.ask(), study.ask()
+    for trial in (first, second):
+        study.tell(trial, suggest(trial, grid.distributions)["u"])
+    assert give_back(study, frozen(study, past), "not run: another worker took the study's last trial first", retry=False)
+    later = study.ask()  # the next command, with n_trials raised
+    assert sorted([first.params["u"], second.params["u"], suggest(later, grid.distributions)["u"]]) == [8, 16, 24]
+
+
 def test_give_back_of_a_finished_trial_changes_nothing(tmp_path):
     study = new_study(sqlite_storage(tmp_path))
     a = ask(study, 3)

@@ -42,6 +42,14 @@ def set_system_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: An
     study._storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
+def free_grid_point(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Let Optuna's GridSampler give another trial the grid point of one given back without a retry (asked past
+    the budget): its sampler counts a finished trial's `grid_id` as visited, so the point would never run, and
+    a later trial would evaluate another twice. A grid id outside the grid frees it."""
+    if "grid_id" in trial.system_attrs:
+        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", -1)
+
+
 def stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The running trials whose heartbeat stopped for the grace period, by the storage's own check (the first half
     of Optuna's `fail_stale_trials`, which fails them all before its retry callback queues any)."""

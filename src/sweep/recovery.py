@@ -17,7 +17,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .budget import RETRY, awaiting_retry
-from .optuna_internals import fail, has_heartbeat, set_system_attr, set_user_attrs, stale_trials
+from .optuna_internals import fail, free_grid_point, has_heartbeat, set_system_attr, set_user_attrs, stale_trials
 
 MAX_RETRY = 3  # a trial cut short is queued again at most this often
 OWN_ATTRS = ("worker", "error", "interrupted")  # belong to one attempt, not to the params queued again
@@ -45,6 +45,8 @@ def give_back(study: optuna.Study, trial: FrozenTrial, reason: str, retry: bool 
         set_user_attrs(study, trial, {"interrupted": True, "error": reason})
         if retry:
             set_system_attr(study, trial, RETRY, True)  # its slot stays taken from the FAIL to the queued retry
+        else:  # no retry will run its grid point: another trial may
+            free_grid_point(study, trial)
         if not fail(study, trial):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
