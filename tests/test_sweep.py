@@ -197,6 +197,41 @@ def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir)
     assert trials["state"].tolist() == ["FAIL", "COMPLETE", "COMPLETE"]  # the interrupted one does not count
 
 
+def test_a_sweep_folder_that_refuses_writes_gives_the_running_trial_back_and_the_rerun_completes(tmp_path, data_dir):
+    """The machine failed, not the params: a trial that cannot write its folder is given back (not counted, its
+    params queued again), the command stops in one line, and the rerun runs those params. The folder refuses
+    writes by `chattr +i`, which binds root too (CI runs as root: `chmod a-w` would not stop it); the study lives
+    outside it, as a shared storage would."""
+    out, db = tmp_path / "unwritable", tmp_path / "study.db"
+    args = [*TINY, "trainer.epochs=100", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage=sqlite:///{db}"]
+    proc = subprocess.Popen([sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while epochs_reported(db) < 3 and time.time() < deadline:  # the first trial is training
+        time.sleep(0.02)
+    try:
+        locked = subprocess.run(["chattr", "-R", "+i", str(out)], capture_output=True, text=True)
+        if locked.returncode:
+            proc.kill()
+            pytest.skip(f"this file system or user cannot make a folder immutable: {locked.stderr.strip()}")
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(out)], capture_output=True)
+    assert proc.returncode == 2, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the machine failed, not the trial (Operation not permitted)" in errors[0] and \
+        "rerun the same command to resume" in errors[0], stderr[-2000:]
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{db}")
+    cut, retry = study.trials
+    assert cut.state == optuna.trial.TrialState.FAIL and cut.user_attrs["interrupted"]  # its slot given back
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == cut.params
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *args)
+    done = [t for t in optuna.load_study(study_name="default", storage=f"sqlite:///{db}").trials
+            if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and done[0].params == cut.params
+
+
 def test_a_study_db_deleted_mid_sweep_stops_it_in_one_line_and_is_not_made_again(tmp_path, data_dir):
     out = tmp_path / "deleted"
     args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "trainer.epochs=30",

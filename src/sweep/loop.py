@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Literal, Protocol, Sequence
 
 import optuna
@@ -70,16 +70,19 @@ def drain(study: optuna.Study, policy: Policy, owner: str, grace: float, heartbe
         n = policy.claim_size(trials)
         if n == 0:
             return "retired"
-        claim, completed = Claim(study, owner), False
+        claim = Claim(study, owner)
         try:
             with claim:
                 claim.take(n, policy)
                 if claim.trials:
                     policy.run(study, claim.trials)
-            completed = True
-        finally:
-            if claim.trials:
-                policy.after(study, claim.trials, completed)
+        except BaseException:
+            if claim.trials:  # the tables; an error there (the folder that failed the trial) must not hide this one
+                with suppress(Exception):
+                    policy.after(study, claim.trials, False)
+            raise
+        if claim.trials:
+            policy.after(study, claim.trials, True)
 
 
 class Claim:

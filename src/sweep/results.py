@@ -20,7 +20,8 @@ def writing(folder: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise UserError(f"cannot write the sweep's files in {folder}: {e.strerror or e}") from None
+        raise UserError(f"cannot write the sweep's files in {folder}: {e.strerror or e}; free disk space or make the "
+                        f"folder writable, then rerun the same command to resume") from None
 
 
 def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None = None) -> pd.DataFrame:
