@@ -35,13 +35,15 @@ def use_backend(name: str) -> None:
 def cache_compilations(jax: Any) -> None:
     """JAX's persistent compilation cache, in the user's cache folder (at most 1 GB, least recently used out):
     a program XLA compiled once (~1 s) loads from it in every later worker process and sweep on this machine.
-    JAX's own settings win (JAX_COMPILATION_CACHE_DIR and its companions, JAX_ENABLE_COMPILATION_CACHE=false)."""
+    JAX's own settings win (JAX_COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS,
+    JAX_ENABLE_COMPILATION_CACHE=false)."""
     if jax.config.jax_compilation_cache_dir is not None:
         return
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     jax.config.update("jax_compilation_cache_dir", str(home / "keras_sweep" / "jax"))
     jax.config.update("jax_compilation_cache_max_size", CACHE_BYTES)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # JAX's 1 s would skip a sweep's programs
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # JAX's 1 s would skip a sweep's programs
 
 
 def keep_tensorflow_unloaded() -> None:
