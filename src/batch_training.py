@@ -614,6 +614,7 @@ class BatchTrainer:
         self._programs: dict[tuple[Program, bool], Callable[..., Any]] = {}
         self._device_data: tuple[Splits, dict[str, Any]] | None = None
         self._mixed: dict[GroupKey, Program] = {}  # per coarse structure: its mixed program so far (it only grows)
+        self._stacked: dict[Program, int] = {}  # on JAX, per mixed program: the most trials it trained at once
 
     def groups(self, cfgs: Sequence[DictConfig]) -> list[tuple[list[int], Program]]:
         """Which of the batchable `cfgs` train together, and in which program. Cheap trials (fewer than
@@ -635,9 +636,27 @@ class BatchTrainer:
                 widths = hidden_widths(cfg.model.units, cfg.model.layers, cfg.model.widths)
                 exact.setdefault(key._replace(buckets=tuple(map(fine_bucket, widths))), []).append(i)
         for structure, (_, program, _) in mixed.items():
+            outgrown = self._mixed.get(structure)
+            if outgrown is not None and outgrown != program:  # never chosen again: free its executables
+                self._stacked.pop(outgrown, None)
+                for xla in (False, True):
+                    self._forget(outgrown, xla)
             self._mixed[structure] = program
         return [(members, program) for members, program, _ in mixed.values()] + [
             (members, _exact(key)) for key, members in exact.items()]
+
+    def _stack_size(self, program: Program, n: int) -> int:
+        """How many trials a group of `n` trains as: on JAX, a mixed program's groups are padded to the most
+        trials it has trained at once, since `jax.jit` compiles (and keeps, ~30 MB) one executable per K and
+        claims shrink at the end of a budget or a worker's life. Padding costs only cheap trials' arithmetic.
+        Exact programs (long trials, whose arithmetic outweighs a compile) and TensorFlow, whose
+        `tf.function` keeps K dynamic, train `n`."""
+        if not program.mixed or keras.backend.backend() != "jax":
+            return n
+        if n > self._stacked.get(program, 0):  # a wider stack: the narrower executable is never called again
+            self._stacked[program] = n
+            self._forget(program, True)
+        return self._stacked[program]
 
     def _cheap(self, n_train: int, cfg: DictConfig) -> bool:
         return math.ceil(n_train / cfg.trainer.batch_size) * cfg.trainer.epochs < self.XLA_MIN_BATCHES
@@ -665,6 +684,8 @@ class BatchTrainer:
         key = program.structure
         if key.backend != keras.backend.backend():
             raise UserError(f"trainer.backend={key.backend}: this process runs Keras on {keras.backend.backend()}")
+        n = len(cfgs)
+        cfgs = [*cfgs, *[cfgs[0]] * (self._stack_size(program, n) - n)]  # padding: copies that never train
 
         # The trials, stacked: per-trial weights from their own seeds, unit masks of their real widths.
         n_train, batch_size = len(data.x_train), key.batch_size
@@ -693,7 +714,7 @@ class BatchTrainer:
         run_epoch = self._program(program, xla)
 
         # One program call per epoch for all trials; then each trial's logs, its hook and its state.
-        status = ["training"] * len(cfgs)  # -> done | pruned | diverged
+        status = ["training"] * n + ["padding"] * (len(cfgs) - n)  # -> done | pruned | diverged
         stoppers = [_Stopper(c.trainer.get("callbacks") or []) for c in cfgs]  # EarlyStopping, per trial
         rows: list[list[dict[str, float]]] = [[] for _ in cfgs]
         for epoch in range(1, max(epochs) + 1):
@@ -720,10 +741,10 @@ class BatchTrainer:
         self.last_weights = [ops.convert_to_numpy(w) for w in state["weights"]]
         self.last_moving = [ops.convert_to_numpy(m) for m in state["moving"]]
         tested = self._test_scores(cfgs, state, inputs, data, program)
-        seconds = round((time.perf_counter() - start) / len(cfgs), 3)
+        seconds = round((time.perf_counter() - start) / n, 3)
         return [{**self._result(cfg, rows[k], status[k], widths[k], key, data,
                                 {name: values[k] for name, values in tested.items()}, seconds),
-                 "program": program.spec(xla)} for k, cfg in enumerate(cfgs)]
+                 "program": program.spec(xla)} for k, cfg in enumerate(cfgs[:n])]
 
     def keras_model(self, k: int, cfg: DictConfig) -> keras.Model:
         """Trial `k` of the last group trained as the network `src.model.dense_net` builds for `cfg`, with
@@ -785,6 +806,12 @@ class BatchTrainer:
         if (program, xla) not in self._programs:
             self._programs[program, xla] = compile_program(self._epoch_program(program), xla)
         return self._programs[program, xla]
+
+    def _forget(self, program: Program, xla: bool) -> None:
+        """Drop a compiled program no group will call again, and its executables (`jax.jit`'s cache)."""
+        compiled = self._programs.pop((program, xla), None)
+        if hasattr(compiled, "clear_cache"):
+            compiled.clear_cache()
 
     def _epoch_program(self, program: Program) -> Callable[..., Any]:
         """`epoch(state, inputs) -> (state, logs)`: one epoch of K trials, then their validation scores.

@@ -351,6 +351,45 @@ def test_jax_backend_matches_one_at_a_time_and_the_tensorflow_batch(data_dir, bt
     np.testing.assert_allclose([r["losses"] for r in batched], tf_losses, rtol=1e-4)
 
 
+JAX_PADDED = textwrap.dedent("""
+    import json, sys
+    from hydra import compose, initialize_config_dir
+    from src.schema import register
+    register()
+    base = json.loads(sys.argv[1])
+    def cfg(*o):
+        with initialize_config_dir(config_dir=base["conf"], version_base="1.3"):
+            return compose(config_name="config", overrides=[*base["overrides"], *o])
+    from src import batch_training
+    cfgs = [cfg(f"trainer.seed={s}", f"model.units={8 + 8 * s}") for s in range(4)]
+    trainer = batch_training.BatchTrainer()
+    [(_, program)] = trainer.groups(cfgs)
+    runs = [trainer.train_group(part, program=program) for part in (cfgs, cfgs[1:3], cfgs[3:])]
+    lone = batch_training.BatchTrainer()
+    alone = [lone.train_group([c], program=program)[0] for c in cfgs[1:]]
+    scores = lambda results: [[r["val_accuracy"], r["val_loss"]] for r in results]
+    print(json.dumps({"mixed": program.mixed, "traces": trainer.traces, "executables": trainer._programs[program, True]._cache_size(),
+                      "sizes": [len(r) for r in runs], "in_4": scores(runs[0][1:]), "padded": scores(runs[1] + runs[2]),
+                      "alone": scores(alone)}))
+""")
+
+
+def test_a_jax_program_trains_smaller_groups_padded_in_its_one_executable(data_dir):
+    """On JAX a mixed program's groups of 2 and 1 after one of 4 are padded to 4: one trace and one executable
+    (jax.jit keeps ~30 MB per batch size), and each trial's scores are those it gets in the group of 4 and alone."""
+    overrides = [f"data.path={data_dir}", "data.n_train=600", "data.seed=0", "trainer.test=false", "trainer.verbose=0",
+                 "trainer.backend=jax", "trainer.epochs=2", "model.layers=2"]
+    result = subprocess.run([sys.executable, "-c", JAX_PADDED, json.dumps({"conf": str(ROOT / "conf"), "overrides": overrides})],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["mixed"] and out["sizes"] == [4, 2, 1]
+    assert (out["traces"], out["executables"]) == (1, 1)
+    assert len({loss for _, loss in out["alone"]}) == 3  # three different trials
+    np.testing.assert_allclose(out["padded"], out["in_4"], atol=1e-6)
+    np.testing.assert_allclose(out["padded"], out["alone"], atol=1e-6)
+
+
 def test_one_program_mixes_depths_widths_and_activations(data_dir, bt):
     """Cheap trials of any depth, width and activation train in one mixed program (one trace), each exactly as
     it trains alone, dropout included (its masks do not depend on the padding), and each comes out as its own
