@@ -75,6 +75,31 @@ def test_top_k_confirmed_winner_by_mean_tested_alone(tmp_path, data_dir):
     assert len({t.user_attrs["worker"] for t in queue}) == 2  # both workers took confirmation runs
 
 
+def test_two_batched_workers_claim_one_trials_seeds_at_a_time_longest_trial_first(tmp_path, data_dir):
+    """A trial's confirmation runs train as one group, another trial's would train after them: so each claim of
+    a command with several workers holds one trial's seeds, and the queue puts the longest searched trial first
+    (the last claim is the shortest), as longest-processing-time scheduling does."""
+    out = tmp_path / "claims"
+    run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *TINY[:-1], "model.layers=range(1,4)", "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.confirm.top_k=3", "hydra.sweeper.n_workers=2")
+    storage = f"sqlite:///{out / 'study.db'}"
+    search = {t.number: t for t in optuna.load_study(study_name="default", storage=storage).get_trials()}
+    queue = optuna.load_study(study_name="default:confirm", storage=storage).get_trials()
+    configs = [t.params["config"] for t in queue]
+    assert len(queue) == 6 and configs[0::2] == configs[1::2] and len(set(configs)) == 3  # each trial's seeds side by side
+    seconds = [search[c].user_attrs["seconds"] for c in configs]
+    assert seconds == sorted(seconds, reverse=True)
+    claims: list[list] = []  # the runs one worker asked in one go: all asked before the first one ends
+    for t in sorted(queue, key=lambda t: (t.user_attrs["worker"], t.datetime_start)):
+        last = claims[-1][0] if claims else None
+        if last and last.user_attrs["worker"] == t.user_attrs["worker"] and t.datetime_start < last.datetime_complete:
+            claims[-1].append(t)
+        else:
+            claims.append([t])
+    assert sorted(len({t.params["config"] for t in claim}) for claim in claims) == [1, 1, 1], configs
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in queue)
+
+
 def test_resume_after_ctrl_c_keeps_finished_confirmation_runs(tmp_path, data_dir):
     out = tmp_path / "resume"
     args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={out}", *TINY, "data.n_train=null"]

@@ -151,7 +151,8 @@ class Confirmation:
         best = top(search, k)
         if not best:
             return
-        runs = [Run(t.number, self.seeds_of(t)[0] + i) for t in best for i in range(1, r + 1)]
+        longest_first = sorted(best, key=lambda t: -float(t.user_attrs.get("seconds") or 0.0))  # the last claim is short
+        runs = [Run(t.number, self.seeds_of(t)[0] + i) for t in longest_first for i in range(1, r + 1)]
         confirm = self._queue(f"{self.sweep.name}:confirm", runs)
         self._drain(confirm, RunQueue(self, search, "confirm", len(runs), batcher), owner)
         winner = summary(search, confirm, None, self.metric)["winner"]
@@ -238,8 +239,9 @@ class Confirmation:
 
 
 class RunQueue:
-    """A confirmation or test queue's policy on the claim-and-drain loop: fixed runs, K claimed at once (a
-    worker's even share of those waiting) when a `batcher` trains them together, each told and printed."""
+    """A confirmation or test queue's policy on the claim-and-drain loop: fixed runs, several claimed at once when
+    a `batcher` trains them together, each told and printed. The queue holds each searched trial's runs side by
+    side, longest trial first."""
 
     def __init__(self, phase: Confirmation, search: optuna.Study, kind: str, total: int,
                  batcher: BatchRunner | None) -> None:
@@ -256,8 +258,10 @@ class RunQueue:
     def claim_size(self, trials: Sequence[FrozenTrial]) -> int:
         if self.batcher is None:
             return 1
-        waiting = sum(t.state == TrialState.WAITING for t in trials)
-        return min(self.sweep.settings.batch_trials, budget.even_share(waiting, self.sweep.settings.n_workers))
+        settings, waiting = self.sweep.settings, sum(t.state == TrialState.WAITING for t in trials)
+        if settings.n_workers > 1:  # one trial's seeds, which train as one group: another trial's runs in the
+            return max(1, min(settings.batch_trials, settings.confirm.seeds, waiting))  # claim would wait behind them
+        return max(1, min(settings.batch_trials, waiting))
 
     def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
         if frozen(study, trial).system_attrs.get("fixed_params"):
