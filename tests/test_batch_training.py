@@ -305,7 +305,8 @@ def test_same_structure_again_costs_no_trace(data_dir, bt):
         assert [r.get("error") for r in trainer.train_group(group)] == [None] * k
 
 
-JAX_CHECK = textwrap.dedent("""
+# A script run on Keras's JAX backend (one backend per process): `cfg(*overrides)` composes the test's config.
+JAX_PRELUDE = textwrap.dedent("""
     import json, sys, tempfile
     from hydra import compose, initialize_config_dir
     from src.schema import register
@@ -314,6 +315,19 @@ JAX_CHECK = textwrap.dedent("""
     def cfg(*o):
         with initialize_config_dir(config_dir=base["conf"], version_base="1.3"):
             return compose(config_name="config", overrides=[*base["overrides"], *o])
+""")
+
+
+def on_jax(script: str, overrides: list[str]) -> dict:
+    """Run JAX_PRELUDE + `script` in a subprocess; the JSON line it printed last."""
+    base = json.dumps({"conf": str(ROOT / "conf"), "overrides": overrides})
+    result = subprocess.run([sys.executable, "-c", JAX_PRELUDE + script, base], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+JAX_CHECK = textwrap.dedent("""
     from src import batch_training, training
     import keras
     cfgs = [cfg(f"trainer.seed={s}") for s in range(4)]
@@ -336,10 +350,7 @@ def test_jax_backend_matches_one_at_a_time_and_the_tensorflow_batch(data_dir, bt
     relative)."""
     overrides = [f"data.path={data_dir}", "data.n_train=3000", "data.seed=0", "trainer.test=false", "trainer.verbose=0",
                  "trainer.backend=jax", *SEED_NOISE_OVERRIDES]
-    result = subprocess.run([sys.executable, "-c", JAX_CHECK, json.dumps({"conf": str(ROOT / "conf"), "overrides": overrides})],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = on_jax(JAX_CHECK, overrides)
     assert out["backend"] == "jax" and out["traces"] == 1
     single, batched = out["single"], out["batched"]
     a, b = np.array([r["val_accuracy"] for r in single]), np.array([r["val_accuracy"] for r in batched])
@@ -352,14 +363,6 @@ def test_jax_backend_matches_one_at_a_time_and_the_tensorflow_batch(data_dir, bt
 
 
 JAX_PADDED = textwrap.dedent("""
-    import json, sys
-    from hydra import compose, initialize_config_dir
-    from src.schema import register
-    register()
-    base = json.loads(sys.argv[1])
-    def cfg(*o):
-        with initialize_config_dir(config_dir=base["conf"], version_base="1.3"):
-            return compose(config_name="config", overrides=[*base["overrides"], *o])
     from src import batch_training
     cfgs = [cfg(f"trainer.seed={s}", f"model.units={8 + 8 * s}") for s in range(4)]
     trainer = batch_training.BatchTrainer()
@@ -379,10 +382,7 @@ def test_a_jax_program_trains_smaller_groups_padded_in_its_one_executable(data_d
     (jax.jit keeps ~30 MB per batch size), and each trial's scores are those it gets in the group of 4 and alone."""
     overrides = [f"data.path={data_dir}", "data.n_train=600", "data.seed=0", "trainer.test=false", "trainer.verbose=0",
                  "trainer.backend=jax", "trainer.epochs=2", "model.layers=2"]
-    result = subprocess.run([sys.executable, "-c", JAX_PADDED, json.dumps({"conf": str(ROOT / "conf"), "overrides": overrides})],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = on_jax(JAX_PADDED, overrides)
     assert out["mixed"] and out["sizes"] == [4, 2, 1]
     assert (out["traces"], out["executables"]) == (1, 1)
     assert len({loss for _, loss in out["alone"]}) == 3  # three different trials
