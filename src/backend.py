@@ -5,6 +5,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterator
 
 from .errors import UserError
@@ -57,6 +58,23 @@ def keep_tensorflow_unloaded() -> None:
     from keras.src.utils import module_utils
 
     module_utils.tensorflow._available = False  # noqa: SLF001 - Keras has no public switch for it
+
+
+def load_keras() -> ModuleType:
+    """Import Keras (and so TensorFlow or JAX), once per process: TensorFlow's start-up lines silenced, and
+    without matplotlib, which Keras imports at start-up only for `keras.visualization` (0.4-0.6 s per worker,
+    and a font cache built on a machine's first run) and no trial uses; later imports of matplotlib work."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
+    skip = "matplotlib" not in sys.modules
+    if skip:
+        sys.modules["matplotlib"] = None  # type: ignore[assignment]  # Keras's `try: import matplotlib` fails
+    try:
+        with quiet_native_start():
+            import keras
+    finally:
+        if skip and sys.modules.get("matplotlib", ...) is None:
+            del sys.modules["matplotlib"]
+    return keras
 
 
 @contextmanager

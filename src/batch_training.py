@@ -45,16 +45,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
+from .backend import load_keras
 
-from .backend import quiet_native_start  # noqa: E402
-
-with quiet_native_start():  # and its start-up banner, once per process
-    import keras  # noqa: E402
+keras = load_keras()
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from keras import ops  # noqa: E402

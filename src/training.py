@@ -12,12 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
+from .backend import load_keras
 
-from .backend import quiet_native_start  # noqa: E402
-
-with quiet_native_start():  # and its start-up banner, once per process
-    import keras  # noqa: E402
+keras = load_keras()
 from hydra.utils import instantiate  # noqa: E402
 
 from .config import check as check_config  # noqa: E402

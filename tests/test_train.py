@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -114,6 +115,16 @@ def test_cfg_and_help_do_not_import_tensorflow():
         assert result.returncode == 0 and shown in result.stdout, result.stderr[-2000:]
         imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line]
         assert "optuna" not in imported and not any(m.split(".")[0] in ("tensorflow", "keras") for m in imported)
+
+
+def test_training_loads_keras_without_matplotlib_and_matplotlib_still_loads_after():
+    """Keras imports pyplot at start-up only for `keras.visualization` (~0.5 s per process): training leaves it out."""
+    script = ("import sys, src.training; print('matplotlib' in sys.modules); "
+              "import matplotlib.pyplot; print(matplotlib.pyplot.__name__)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "matplotlib.pyplot"]
 
 
 def test_jax_backend_trains_the_same_network(tmp_path, data_dir):

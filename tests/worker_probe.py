@@ -17,7 +17,7 @@ def record_modules(task_config: Any) -> None:
     folder = Path(os.environ["WORKER_PROBE_DIR"])
 
     def write() -> None:
-        loaded = {name: name in sys.modules for name in ("tensorflow", "jax", "keras")}
+        loaded = {name: name in sys.modules for name in ("tensorflow", "jax", "keras", "matplotlib")}
         (folder / f"{os.getpid()}.json").write_text(json.dumps(loaded))
 
     multiprocessing.util.Finalize(None, write, exitpriority=100)  # run as the forked worker exits (atexit is not)
