@@ -178,9 +178,10 @@ def program_of(trial: FrozenTrial) -> list[str]:
 
 
 def task_config(job: DictConfig) -> DictConfig:
-    """The task's part of a job config (what `python -m src.train` composes), without the hydra node."""
-    cfg = job.copy()
-    with open_dict(cfg):
-        del cfg["hydra"]
+    """The task's part of a job config (what `python -m src.train` composes), without the hydra node: a copy of
+    the other keys only (the hydra node is most of a job; copying it for each trial cost ~6 ms)."""
+    cfg = OmegaConf.masked_copy(job, [key for key in job if key != "hydra"])
+    OmegaConf.set_struct(cfg, OmegaConf.is_struct(job))
+    OmegaConf.set_readonly(cfg, OmegaConf.is_readonly(job))
     return cfg
 
