@@ -1,6 +1,6 @@
 """The sweep's workers as SLURM jobs (hydra/launcher=submitit_slurm) on a real single-node SLURM cluster started
 by the tests: 12 trials over 3 jobs on PostgreSQL, a job cancelled by the engine mid-trial, a job warned of its
-preemption (--signal's USR2) and one requeued, Ctrl-C of the command, and no password in any file the launcher,
+time limit (submitit's --signal USR2, sent by SLURM) and one requeued, Ctrl-C of the command, and no password in any file the launcher,
 the jobs or the daemons' logs wrote."""
 from __future__ import annotations
 
@@ -52,15 +52,17 @@ def job_of(trial) -> str:
 
 def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_runs_again(tmp_path, data_dir,
                                                                                          postgres, slurm):
-    """SLURM's warning before a preemption or a time limit (`--signal=USR2@...`, sent here by `scancel --signal`)
-    makes the job's worker give back its trials itself, at once; a job the engine requeues (`scontrol requeue`)
-    is stopped, gives back its trials, and runs the worker loop again when SLURM restarts it. The study ends exact."""
+    """SLURM's warning before a job's time limit (submitit's `--signal=USR2@90`), sent by SLURM itself: a running
+    job's limit is cut to one minute (`scontrol update TimeLimit=1`), and at its next check (every 30 s) SLURM
+    warns it. The job's worker gives back its trials itself, at once. A job the engine requeues (`scontrol
+    requeue`) is stopped, gives back its trials, and runs the worker loop again when SLURM restarts it. The study
+    ends exact."""
     out, url = tmp_path / "warned", postgres.new_database()
-    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=20", "hydra.sweeper.grace_period=600"],
+    proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=150", "hydra.sweeper.grace_period=600"],
                  slurm.env)  # no dead-worker recovery within the test: every trial given back was given back by its job
-    warned = job_of(wait_running(url, "slurm")[0])
-    assert slurm.run("scancel", "--signal=USR2", warned).returncode == 0
-    deadline = time.monotonic() + 60
+    warned = job_of(wait_running(url, "slurm")[0])  # trials long enough to outlast SLURM's next check
+    assert slurm.run("scontrol", "update", f"jobid={warned}", "TimeLimit=1").returncode == 0
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not [t for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")]:
         time.sleep(0.3)
     given = {t.user_attrs["error"] for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")}
