@@ -1,7 +1,7 @@
 """The sweep's workers as SLURM jobs (hydra/launcher=submitit_slurm) on a real single-node SLURM cluster started
 by the tests: 12 trials over 3 jobs on PostgreSQL, a job cancelled by the engine mid-trial, a job warned of its
-time limit (submitit's --signal USR2, sent by SLURM) and one requeued, Ctrl-C of the command, and no password in any file the launcher,
-the jobs or the daemons' logs wrote."""
+time limit (submitit's --signal USR2, sent by SLURM) and one requeued, Ctrl-C of the command, and no password in
+any file the launcher, the jobs or the daemons' logs wrote."""
 from __future__ import annotations
 
 import os
