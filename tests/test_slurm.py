@@ -22,14 +22,30 @@ ON_SLURM = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20"]
 
 
-def test_twelve_trials_over_three_slurm_jobs_one_cancelled_mid_trial_on_postgresql(tmp_path, data_dir, postgres, slurm):
+def job_of(trial) -> str:
+    """The SLURM job (`<array job>_<task>`: submitit submits an array) whose worker runs `trial` ("" if gone)."""
+    pid = trial.user_attrs["worker"].split("/")[-1]
+    try:
+        env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+    except OSError:
+        return ""
+    return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+
+
+def test_twelve_trials_over_three_slurm_jobs_one_cancelled_one_killed_mid_trial_on_postgresql(tmp_path, data_dir,
+                                                                                             postgres, slurm):
+    """One job cancelled (scancel: SIGTERM, its worker gives its trial back) and another's worker killed (SIGKILL, as
+    the OOM killer would: no result file, and this SLURM keeps no accounting for submitit to learn how it ended)."""
     out, url = tmp_path / "slurm", postgres.new_database()
     proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=20"], slurm.env)  # long enough to cut
-    victim = wait_running(url, "slurm")[0]
-    pid = victim.user_attrs["worker"].split("/")[-1]
-    env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
-    job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"  # submitit submits an array
-    assert job in slurm.jobs() and slurm.run("scancel", job).returncode == 0  # the job running that trial
+    cancelled = job_of(wait_running(url, "slurm")[0])
+    assert cancelled in slurm.jobs() and slurm.run("scancel", cancelled).returncode == 0  # the job running that trial
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (others := [t for t in trials_of(url, "slurm")
+                                                           if young(t) and job_of(t) not in ("", cancelled)]):
+        time.sleep(0.3)
+    killed = others[0]
+    os.kill(int(killed.user_attrs["worker"].split("/")[-1]), signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     assert "3 job(s) of hydra/launcher=submitit_slurm" in stdout
@@ -41,13 +57,7 @@ def test_twelve_trials_over_three_slurm_jobs_one_cancelled_mid_trial_on_postgres
     assert postgres.password not in stdout + stderr
     assert files_holding(postgres.password, [out, *slurm.base.glob("*.log")]) == []
     assert list(out.rglob("*.pkl")) and list(out.rglob("*.sh"))  # submitit's pickles and sbatch scripts were read
-
-
-def job_of(trial) -> str:
-    """The SLURM job (`<array job>_<task>`: submitit submits an array) whose worker runs `trial`."""
-    pid = trial.user_attrs["worker"].split("/")[-1]
-    env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
-    return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    assert "without a result" in stderr  # the killed job, which submitit alone would wait for forever
 
 
 def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_runs_again(tmp_path, data_dir,
@@ -69,7 +79,7 @@ def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_
     assert given and all("SIGUSR2" in e for e in given), given  # the job's worker said why, it was not found dead
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (others := [t for t in trials_of(url, "slurm")
-                                                           if young(t) and job_of(t) != warned]):
+                                                           if young(t) and job_of(t) not in ("", warned)]):
         time.sleep(0.3)
     requeued = job_of(others[0])
     assert slurm.run("scontrol", "requeue", requeued).returncode == 0

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
@@ -274,7 +274,12 @@ class Launch:
         overrides = [[f"hydra.sweep.subdir=workers/{self.command}-{attempt}-{i}"] for i in range(n_workers)]
         started = time.time()
         try:
-            returns = launcher.launch(overrides, initial_job_idx=0)
+            if self.choice.startswith("submitit_slurm"):
+                returns = slurm_launch(lambda: launcher.launch(overrides, initial_job_idx=0),
+                                       f"keras-sweep-{self.command}",
+                                       lambda: not alive(study, self.command, self.sweep.settings.grace))
+            else:
+                returns = launcher.launch(overrides, initial_job_idx=0)
         except Stopped:
             raise
         except KeyboardInterrupt:  # Ray's `get` turns the handler's Stopped into a bare KeyboardInterrupt
@@ -387,6 +392,56 @@ def _filesystem(path: Path) -> str:
         if len(parts) > 2 and (str(path) + "/").startswith(parts[1].rstrip("/") + "/") and len(parts[1]) > len(best):
             best, kind = parts[1], parts[2]
     return kind
+
+
+class JobsVanished(RuntimeError):
+    """SLURM holds none of the command's jobs, no worker of them is alive, and submitit still waits for a result."""
+
+
+def slurm_launch(launch: Callable[[], Sequence[Any]], job_name: str, none_alive: Callable[[], bool],
+                 settle: float = 10.0) -> Sequence[Any]:
+    """submitit's launch, which waits for each job's result file or for `sacct` to say the job ended. Where SLURM
+    keeps no accounting (sacct fails), a job killed before it wrote its result (SIGKILL at the end of a cancel's
+    KillWait, the kernel's OOM killer, a lost node) would be waited for forever. So the launch waits in a thread,
+    and this one gives it up once SLURM's queue has held none of the jobs for `settle` seconds and no worker of
+    them is alive: then nothing is left to wait for. Stop signals still reach this (the main) thread."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["returns"] = launch()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True, name="keras-sweep-launch")
+    thread.start()
+    started, seen, empty_since = time.monotonic(), False, None
+    while thread.is_alive():
+        thread.join(timeout=2.0)
+        queued = _queued(job_name) if thread.is_alive() else None
+        now = time.monotonic()
+        if queued is None or queued:
+            seen, empty_since = seen or bool(queued), None
+        elif not seen and now - started < 60:  # sbatch may not have submitted them yet
+            continue
+        elif empty_since is None:
+            empty_since = now
+        elif now - empty_since >= settle and none_alive():
+            raise JobsVanished("a job left SLURM's queue without a result (killed?), and SLURM keeps no accounting "
+                               "(sacct) to say how it ended")
+    if "error" in box:
+        raise box["error"]
+    return box["returns"]
+
+
+def _queued(job_name: str) -> list[str] | None:
+    """The ids of the jobs named `job_name` in SLURM's queue (pending, running, requeued), or None if squeue failed."""
+    try:
+        found = subprocess.run(["squeue", "--noheader", "--format=%i", f"--name={job_name}"], capture_output=True,
+                               text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.split()
 
 
 def cancel(choice: str, job_name: str) -> None:
