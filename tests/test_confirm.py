@@ -79,8 +79,8 @@ def test_two_batched_workers_claim_one_trials_seeds_at_a_time_longest_trial_firs
     """A trial's confirmation runs train as one group, another trial's would train after them: so each claim of
     a command with several workers is one trial's seeds long (not the even share, 3 of these 6), and the queue puts
     each trial's seeds side by side, the longest searched trial first (the last claim is the shortest), as
-    longest-processing-time scheduling does. Two workers asking at the same moment take the queue's next runs in
-    turn (Optuna pops the first waiting one), so a claim may still hold one run of two trials, or end short."""
+    longest-processing-time scheduling does. A claim takes its trial's runs by config, not the queue's next ones:
+    two workers asking at the same moment would otherwise take them in turn, each a run of two trials."""
     out = tmp_path / "claims"
     run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *TINY[:-1], "model.layers=range(1,4)", "hydra.sweeper.n_trials=6",
             "hydra.sweeper.confirm.top_k=3", "hydra.sweeper.n_workers=2")
@@ -98,7 +98,8 @@ def test_two_batched_workers_claim_one_trials_seeds_at_a_time_longest_trial_firs
             claims[-1].append(t)
         else:
             claims.append([t])
-    assert sum(map(len, claims)) == 6 and max(map(len, claims)) == 2, [[t.params["config"] for t in c] for c in claims]
+    held = [[t.params["config"] for t in c] for c in claims]
+    assert sum(map(len, claims)) == 6 and max(map(len, claims)) == 2 and all(len(set(c)) == 1 for c in held), held
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in queue)
 
 

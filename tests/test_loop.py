@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.errors import UserError
 from src.sweep import budget
-from src.sweep.confirm import Confirmation
+from src.sweep.confirm import Confirmation, RunQueue
 from src.sweep.context import Sweep
 from src.sweep import recovery
 from src.sweep.loop import Claim, Patience, drain
@@ -59,6 +59,9 @@ class Budgeted:
 
     def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
         return None if budget.within_budget(study.get_trials(deepcopy=False), trial.number, self.n_trials) else "past"
+
+    def joins(self, study: optuna.Study, first: optuna.Trial) -> None:
+        return None
 
     def run(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
         self.claims.append([t.number for t in trials])
@@ -283,6 +286,25 @@ def test_confirmation_phase_runs_each_queued_run_once_then_tests_the_winner(tmp_
     assert "test run: trial #" in capsys.readouterr().out
     phase.work("w")  # a second worker, or a resumed command, finds nothing left to run
     assert len(confirm.get_trials()) == 4 and len(test.get_trials()) == 3
+
+
+def test_a_confirmation_claim_of_several_workers_takes_one_trials_runs_whatever_the_queues_order(tmp_path):
+    """Runs of trials 5 and 9 queued in turn, as two workers asking at once would meet them: a claim takes its
+    first run's trial's runs and skips the other's; one whose trial has no run left waiting ends short."""
+    sweep = make_sweep(tmp_path, n_workers=2, confirm={"top_k": 2, "seeds": 2})
+    queue = optuna.create_study(storage=sweep.storage.connect(create=False), study_name="s:confirm")
+    for config, seed in ((5, 1), (9, 1), (5, 2), (9, 2)):
+        queue.enqueue_trial({"config": config, "seed": seed})
+    policy = RunQueue(Confirmation(sweep), sweep.open(), "confirm", 4, None)
+    with Claim(queue, "w") as claim:
+        claim.take(2, policy)
+    assert [frozen(queue, t).system_attrs["fixed_params"] for t in claim.trials] == [{"config": 5, "seed": 1},
+                                                                                    {"config": 5, "seed": 2}]
+    queue.ask()  # another worker takes trial 9's first run
+    with Claim(queue, "v") as claim:
+        claim.take(2, policy)
+    assert [frozen(queue, t).system_attrs["fixed_params"] for t in claim.trials] == [{"config": 9, "seed": 2}]
+    assert [t.state.name for t in queue.get_trials()] == ["RUNNING"] * 4
 
 
 def test_tell_records_a_fatal_outcome_as_given_back_and_raises(tmp_path):

@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
 import pandas as pd
@@ -267,6 +267,15 @@ class RunQueue:
         if frozen(study, trial).system_attrs.get("fixed_params"):
             return None
         return "not run: no queued run left"  # a waiting run was taken by another worker between our look and our ask
+
+    def joins(self, study: optuna.Study, first: optuna.Trial) -> Callable[[FrozenTrial], bool] | None:
+        """With several workers, only the same searched trial's runs (its seeds train as one group; another
+        trial's would wait behind them while a worker idles): picked by config, not by the queue's next run,
+        which two workers asking at once would take in turn."""
+        if self.sweep.settings.n_workers == 1:
+            return None
+        config = frozen(study, first).system_attrs["fixed_params"]["config"]
+        return lambda waiting: waiting.system_attrs.get("fixed_params", {}).get("config") == config
 
     def run(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
         runs = []

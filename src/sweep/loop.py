@@ -15,14 +15,14 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, suppress
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from ..errors import first_line
 from .budget import Step
-from .optuna_internals import frozen, heartbeat, storage_url
+from .optuna_internals import ask_waiting, frozen, heartbeat, storage_url
 from .processes import INTERRUPTED, signals_held
 from .recovery import Unclaimed, Unretried, fail_stale, give_back
 from .storage import cause, masking
@@ -42,6 +42,10 @@ class Policy(Protocol):
 
     def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
         """Why a trial just asked may not run (it is given back, not queued again), or None."""
+
+    def joins(self, study: optuna.Study, first: optuna.Trial) -> Callable[[FrozenTrial], bool] | None:
+        """Which waiting trials may join a claim that began with `first` (the claim ends when none is left);
+        None: whatever Optuna's ask gives."""
 
     def run(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
         """Train the claimed trials and tell each one."""
@@ -98,10 +102,14 @@ class Claim:
         self._beat_failure_told = threading.Lock()  # taken by the first failed beat, never given back
 
     def take(self, n: int, policy: Policy) -> None:
-        """Up to `n` trials the policy admits; the first it refuses is given back and ends the claim."""
+        """Up to `n` trials the policy admits; the first it refuses is given back and ends the claim, as does
+        finding no waiting trial the policy lets join it."""
+        joins = None
         while len(self.trials) < n and (not self.trials or policy.step(self.study.get_trials(deepcopy=False)) == "ask"):
             with signals_held():
-                trial = self.study.ask()
+                trial = self.study.ask() if joins is None else ask_waiting(self.study, joins)
+                if trial is None:
+                    return
                 self._beats.enter_context(heartbeat(self.study, trial, self._tell_beat_failure))
                 trial.set_user_attr("worker", self.owner)
                 self.asked.append(trial)
@@ -110,6 +118,8 @@ class Claim:
                 give_back(self.study, frozen(self.study, trial), refused, retry=False)
                 return
             self.trials.append(trial)
+            if len(self.trials) == 1:
+                joins = policy.joins(self.study, trial)
 
     def _tell_beat_failure(self, error: Exception) -> None:
         """One line per claim, however many of its trials' beats fail (a storage down for a while)."""

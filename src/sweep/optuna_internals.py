@@ -37,6 +37,22 @@ def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, attrs
         trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
+def ask_waiting(study: optuna.Study, where: Callable[[FrozenTrial], bool]) -> optuna.Trial | None:
+    """Optuna's `ask`, popping only a waiting trial that `where` admits (its `_pop_waiting_trial_id`, filtered), or
+    None: a confirmation claim takes one searched trial's runs, not whichever run is first in the queue."""
+    storage = study._storage
+    study._thread_local.cached_all_trials = None
+    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if not where(waiting):
+            continue
+        try:
+            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):  # False: another took it
+                return optuna.Trial(study, waiting._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
 def set_system_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
     """Note the sweeper's own state on a trial known by its frozen record (kept from dashboards' user attributes)."""
     study._storage.set_trial_system_attr(trial._trial_id, key, value)

@@ -48,6 +48,9 @@ class Search:
             return None
         return "not run: another worker took the study's last trial first"
 
+    def joins(self, study: optuna.Study, first: optuna.Trial) -> None:
+        return None  # any: the sampler draws each trial
+
     def run(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
         pruning = self.sweep.settings.pruning
         if self.batcher is not None:  # a batch counts its groups (one program each) and its trials trained alone
