@@ -417,7 +417,7 @@ def slurm_launch(launch: Callable[[], Sequence[Any]], job_name: str, none_alive:
     thread.start()
     started, seen, empty_since = time.monotonic(), False, None
     while thread.is_alive():
-        thread.join(timeout=2.0)
+        thread.join(timeout=5.0)  # squeue every 5 s: a sweep may run for hours on a shared controller
         queued = _queued(job_name) if thread.is_alive() else None
         now = time.monotonic()
         if queued is None or queued:
