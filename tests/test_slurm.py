@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import optuna
 from optuna.trial import TrialState
 
 from engines import check_exact, files_holding, retried, slots, start, states, trials_of, wait_running, young
@@ -22,14 +23,29 @@ ON_SLURM = ["hydra.sweeper.params=null", "hydra.sweeper.confirm.top_k=0", "data.
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20"]
 
 
+def pid_of(trial) -> int:
+    """The process id of the worker that runs `trial` (its owner id ends with it)."""
+    return int(trial.user_attrs["worker"].split("/")[-1])
+
+
 def job_of(trial) -> str:
     """The SLURM job (`<array job>_<task>`: submitit submits an array) whose worker runs `trial` ("" if gone)."""
-    pid = trial.user_attrs["worker"].split("/")[-1]
     try:
-        env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+        env = dict(v.split("=", 1) for v in Path(f"/proc/{pid_of(trial)}/environ").read_text().split("\0") if "=" in v)
     except OSError:
         return ""
     return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+
+
+def young_in_another_job(url: str, job: str, deadline: float = 120) -> optuna.trial.FrozenTrial:
+    """A young running trial (see `young`) of a job other than `job`, once there is one."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        others = [t for t in trials_of(url, "slurm") if young(t) and job_of(t) not in ("", job)]
+        if others:
+            return others[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no young trial of a job other than {job} within {deadline} s")
 
 
 def test_twelve_trials_over_three_slurm_jobs_one_cancelled_one_killed_mid_trial_on_postgresql(tmp_path, data_dir,
@@ -40,12 +56,7 @@ def test_twelve_trials_over_three_slurm_jobs_one_cancelled_one_killed_mid_trial_
     proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=20"], slurm.env)  # long enough to cut
     cancelled = job_of(wait_running(url, "slurm")[0])
     assert cancelled in slurm.jobs() and slurm.run("scancel", cancelled).returncode == 0  # the job running that trial
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (others := [t for t in trials_of(url, "slurm")
-                                                           if young(t) and job_of(t) not in ("", cancelled)]):
-        time.sleep(0.3)
-    killed = others[0]
-    os.kill(int(killed.user_attrs["worker"].split("/")[-1]), signal.SIGKILL)
+    os.kill(pid_of(young_in_another_job(url, cancelled)), signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     assert "3 job(s) of hydra/launcher=submitit_slurm" in stdout
@@ -77,11 +88,7 @@ def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_
         time.sleep(0.3)
     given = {t.user_attrs["error"] for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")}
     assert given and all("SIGUSR2" in e for e in given), given  # the job's worker said why, it was not found dead
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (others := [t for t in trials_of(url, "slurm")
-                                                           if young(t) and job_of(t) not in ("", warned)]):
-        time.sleep(0.3)
-    requeued = job_of(others[0])
+    requeued = job_of(young_in_another_job(url, warned))
     assert slurm.run("scontrol", "requeue", requeued).returncode == 0
     for _ in range(60):  # a requeued job waits ~2 minutes before it may start again: let it start now
         if slurm.run("scontrol", "update", f"jobid={requeued}", "StartTime=now").returncode == 0:
