@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from src.sweep.processes import Exit, Pool, Stopped, raise_on_signals, restore_signals, signals_held
+from src.sweep.processes import Exit, Pool, Stopped, _Held, raise_on_signals, restore_signals, signals_held
 
 
 def test_a_signal_another_thread_receives_waits_for_the_end_of_the_held_block():
@@ -39,6 +39,23 @@ def test_a_signal_another_thread_receives_waits_for_the_end_of_the_held_block():
     finally:
         done.set()
         other.join()
+        restore_signals(previous)
+
+
+def test_a_ctrl_c_held_in_the_block_goes_first_when_the_commands_sigterm_comes_as_the_block_ends():
+    """Ctrl-C reaches a worker and its command at once; the command then sends its workers SIGTERM. A worker that
+    held the Ctrl-C in a storage step must report Ctrl-C even when the SIGTERM lands in the moment the block ends
+    (seen once on a loaded machine: the trial said "interrupted by SIGTERM")."""
+    previous = raise_on_signals(once=True)
+    try:
+        held = _Held()
+        held.handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        held(signal.SIGINT, None)  # in the block: noted
+        held.open = False          # the block ends, and before the held Ctrl-C is handed on the SIGTERM comes
+        with pytest.raises(Stopped, match="^interrupted by Ctrl-C$"):
+            held(signal.SIGTERM, None)
+        assert held.arrived == []
+    finally:
         restore_signals(previous)
 
 

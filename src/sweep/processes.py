@@ -101,11 +101,13 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        held.open = False  # from here a signal goes straight to the real handler, even before it is put back
-        for s, handler in held.handlers.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        if held.arrived:  # the first stops; the handlers' own `once` deals with the rest
-            _deliver(held.handlers[held.arrived[0]], held.arrived[0])
+        held.open = False  # from here a signal goes through `held` to the real handler, after the held ones
+        try:
+            held.release()
+        finally:
+            for s, handler in held.handlers.items():
+                if signal.getsignal(s) is held:  # not replaced meanwhile (a `once` handler ignores the rest)
+                    signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class _Held:
@@ -117,10 +119,17 @@ class _Held:
         self.open = True
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if self.open:
-            self.arrived.append(signum)
-        else:
-            _deliver(self.handlers[signum], signum)
+        self.arrived.append(signum)
+        if not self.open:  # the block ended: this one goes on now, unless one held in it is still to go first
+            self.release()
+
+    def release(self) -> None:
+        """Hand the first signal that arrived to its real handler; the handlers' own `once` deals with the rest.
+        A Ctrl-C held in the block stays first even when its command's SIGTERM comes as the block ends."""
+        if self.arrived:
+            first = self.arrived[0]
+            self.arrived.clear()
+            _deliver(self.handlers[first], first)
 
 
 def _deliver(handler: Any, signum: int) -> None:
