@@ -62,18 +62,21 @@ def keep_tensorflow_unloaded() -> None:
 
 def load_keras() -> ModuleType:
     """Import Keras (and so TensorFlow or JAX), once per process: TensorFlow's start-up lines silenced, and
-    without matplotlib, which Keras imports at start-up only for `keras.visualization` (0.4-0.6 s per worker,
-    and a font cache built on a machine's first run) and no trial uses; later imports of matplotlib work."""
+    without the optional libraries Keras and TensorFlow import at start-up only in case: matplotlib, for
+    `keras.visualization` (0.4-0.6 s per worker, and a font cache built on a machine's first run), and, on the
+    TensorFlow backend, JAX, for TensorFlow Lite's converter (~0.5 s). No trial uses them; later imports work."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter, CUDA probing included
-    skip = "matplotlib" not in sys.modules
-    if skip:
-        sys.modules["matplotlib"] = None  # type: ignore[assignment]  # Keras's `try: import matplotlib` fails
+    optional = ["matplotlib", *(["jax"] if os.environ.get("KERAS_BACKEND") == "tensorflow" else [])]
+    skipped = [name for name in optional if name not in sys.modules]
+    for name in skipped:
+        sys.modules[name] = None  # type: ignore[assignment]  # their `try: import ...` fails, as if not installed
     try:
         with quiet_native_start():
             import keras
     finally:
-        if skip and sys.modules.get("matplotlib", ...) is None:
-            del sys.modules["matplotlib"]
+        for name in skipped:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
     return keras
 
 

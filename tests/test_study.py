@@ -352,8 +352,8 @@ def pop_queue(storage: Storage, claimed: list[int], errors: list[Exception]) -> 
 def test_each_queued_trial_is_claimed_once_when_workers_pop_the_sqlite_queue_at_once(tmp_path):
     """Confirmation and test runs are queued trials; SQLite has no `SELECT ... FOR UPDATE`, so without
     `BEGIN IMMEDIATE` two workers could both move the same WAITING trial to RUNNING (seen: a confirmation
-    run trained twice, then `UpdateFinishedTrialError`). 20 rounds of 3 workers on 12 queued trials."""
-    for round_ in range(20):
+    run trained twice, then `UpdateFinishedTrialError`). 10 rounds of 3 workers on 12 queued trials."""
+    for round_ in range(10):
         storage = Storage(f"sqlite:///{tmp_path / f'queue{round_}.db'}", 60, 120)
         queue = optuna.create_study(study_name="q", storage=storage.connect())
         for i in range(12):
