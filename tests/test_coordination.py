@@ -129,7 +129,7 @@ def test_two_commands_create_one_new_postgres_study_at_once(tmp_path, data_dir, 
 def test_sigterm_gives_the_trial_back_and_resume_completes(tmp_path, data_dir, how):
     """SIGTERM to the sweep command alone (its workers stop with it) or to its whole group (as a scheduler does)."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    proc = start(tmp_path, storage, "trainer.epochs=30", "hydra.sweeper.n_trials=2")
+    proc = start(tmp_path, storage, "trainer.epochs=60", "hydra.sweeper.n_trials=2")  # 30 ended before the signal once
     wait_until_training(storage, socket.gethostname())
     if how == "parent":
         os.kill(proc.pid, signal.SIGTERM)
@@ -144,7 +144,7 @@ def test_sigterm_gives_the_trial_back_and_resume_completes(tmp_path, data_dir, h
     trials = trials_of(storage)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING] and not counts(trials[0])
     assert trials[0].user_attrs["error"].startswith("interrupted")
-    proc = start(tmp_path, storage, "trainer.epochs=30", "hydra.sweeper.n_trials=2")  # the same command: a resume
+    proc = start(tmp_path, storage, "trainer.epochs=60", "hydra.sweeper.n_trials=2")  # the same command: a resume
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     trials = trials_of(storage)
@@ -154,7 +154,7 @@ def test_sigterm_gives_the_trial_back_and_resume_completes(tmp_path, data_dir, h
 
 def test_killed_parent_takes_its_workers_and_their_trials_are_recovered(tmp_path, data_dir):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    proc = start(tmp_path, storage, "trainer.epochs=30", "hydra.sweeper.n_trials=2")
+    proc = start(tmp_path, storage, "trainer.epochs=60", "hydra.sweeper.n_trials=2")
     wait_until_training(storage, socket.gethostname())
     os.kill(proc.pid, signal.SIGKILL)  # the sweeper process alone: its worker gets the parent-death signal
     proc.communicate(timeout=60)

@@ -133,3 +133,21 @@ def test_workers_started_early_for_another_count_are_sent_away(tmp_path):
             raise RuntimeError("the sweep was refused")
     assert all(proc.exitcode is not None for proc in warm)
     assert len(_pids(tmp_path, "work")) == 1
+
+
+def test_a_worker_stopped_while_it_warms_up_exits_even_when_the_import_turned_the_stop_into_another_error():
+    """A refused sweep stops its workers while they import TensorFlow, which can turn the stop into SystemError;
+    the worker must still exit on that one signal (it ignores later ones), not wait for work that never comes."""
+    def import_that_converts_a_stop() -> None:
+        try:
+            time.sleep(30)
+        except KeyboardInterrupt as e:
+            raise SystemError("error return without exception set") from e  # as TensorFlow did mid-import
+
+    with pytest.raises(RuntimeError, match="the sweep was refused"):
+        with Pool(lambda slot, owner: Exit.DONE, lambda owner, reason: None, max_deaths=0) as pool:
+            pool.warm_up(1, import_that_converts_a_stop)
+            warm = [proc for proc, _, _ in pool.warm.values()]
+            time.sleep(0.5)  # the worker is in its import
+            raise RuntimeError("the sweep was refused")
+    assert [proc.exitcode for proc in warm] == [128 + signal.SIGTERM]  # its own exit, not killed after a minute

@@ -282,7 +282,9 @@ def _warm_then_work(warm: Callable[[], None], go: Any, work: Work) -> Work:
         try:
             warm()
         except Exception:  # noqa: BLE001 - the worker's own warm-up meets it again and reports it, once the sweep is checked
-            pass
+            stop = stop_received()  # a stop the import turned into another error: stop now, later signals are ignored
+            if stop is not None:
+                raise stop from None
         try:
             ahead = go.recv()
         except EOFError:  # the command ended without a word
