@@ -282,9 +282,10 @@ def _warm_then_work(warm: Callable[[], None], go: Any, work: Work) -> Work:
         try:
             warm()
         except Exception:  # noqa: BLE001 - the worker's own warm-up meets it again and reports it, once the sweep is checked
-            stop = stop_received()  # a stop the import turned into another error: stop now, later signals are ignored
-            if stop is not None:
-                raise stop from None
+            pass
+        stop = stop_received()  # a stop the import swallowed or turned into another error: later ones are ignored
+        if stop is not None:
+            raise stop
         try:
             ahead = go.recv()
         except EOFError:  # the command ended without a word
