@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
 import time
 from datetime import datetime
@@ -23,6 +24,7 @@ from src.sweep.context import Sweep
 from src.sweep import recovery
 from src.sweep.loop import Claim, Patience, drain
 from src.sweep.optuna_internals import frozen, heartbeat, set_system_attr
+from src.sweep.processes import Stopped, raise_on_signals, restore_signals
 from src.sweep.outcome import TrialOutcome, tell
 from src.sweep.recovery import STALE, give_back, queue_again
 from src.sweep.search import Search
@@ -107,6 +109,30 @@ def test_every_claimed_trial_not_told_is_given_back_on_any_exit(tmp_path, error,
     assert not any(budget.uses_slot(t) for t in trials[1:3])
     assert [t.state.name for t in trials[3:]] == ["WAITING", "WAITING"]  # queued again, one per trial given back
     assert policy.afters == [([0, 1, 2], False)]
+
+
+def test_a_stop_signal_a_library_turned_into_another_error_gives_the_trials_back_for_the_stop(tmp_path):
+    """OmegaConf, cut by SLURM's warning signal mid-call, raised AttributeError: the trials are given back as
+    interrupted by the signal, and the worker goes on stopping (not a failure of its own)."""
+    def cut(i: int, trial: optuna.Trial) -> None:
+        signal.raise_signal(signal.SIGUSR2)  # the handler raises Stopped; the "library" turns it into another error
+
+    def library(i: int, trial: optuna.Trial) -> None:
+        try:
+            cut(i, trial)
+        except Stopped:
+            raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'") from None
+
+    previous = raise_on_signals(once=True)
+    try:
+        study, policy = new_study(tmp_path), Budgeted(5, 2, act=library)
+        with pytest.raises(Stopped, match="interrupted by SIGUSR2"):
+            drain(study, policy, "w", grace=2, heartbeat_interval=1)
+    finally:
+        restore_signals(previous)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials[:2]] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["error"] == "interrupted by SIGUSR2" and t.user_attrs["interrupted"] for t in trials[:2])
 
 
 def test_a_claim_left_before_any_run_gives_back_what_it_asked(tmp_path):
@@ -364,7 +390,6 @@ def test_a_launcher_job_that_starts_after_its_commands_stop_claims_nothing(tmp_p
     saw alive, so one that claimed in the heartbeat interval before its next look left its trial RUNNING."""
     from src.sweep.launch import Watcher
     from src.sweep.optuna_internals import set_study_system_attr
-    from src.sweep.processes import Stopped
 
     sweep = make_sweep(tmp_path)
     study = sweep.open()

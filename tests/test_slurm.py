@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import optuna
@@ -35,6 +36,22 @@ def job_of(trial) -> str:
     except OSError:
         return ""
     return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+
+
+def pending(pid: int) -> set[int]:
+    """The signals waiting for process `pid` (sent to it or to one of its threads), from /proc; none once it ended."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return set()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    mask = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def given_back(url: str) -> set[str]:
+    """Why the study's trials given back by their workers were given back."""
+    return {t.user_attrs["error"] for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")}
 
 
 def young_in_another_job(url: str, job: str, deadline: float = 120) -> optuna.trial.FrozenTrial:
@@ -73,20 +90,30 @@ def test_twelve_trials_over_three_slurm_jobs_one_cancelled_one_killed_mid_trial_
 
 def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_runs_again(tmp_path, data_dir,
                                                                                          postgres, slurm):
-    """SLURM's warning before a job's time limit (submitit's `--signal=USR2@90`), sent by SLURM itself: a running
-    job's limit is cut to one minute (`scontrol update TimeLimit=1`), and at its next check (every 30 s) SLURM
-    warns it. The job's worker gives back its trials itself, at once. A job the engine requeues (`scontrol
-    requeue`) is stopped, gives back its trials, and runs the worker loop again when SLURM restarts it. The study
-    ends exact."""
+    """SLURM's warning before a job's time limit (submitit's `--signal=USR2@120`), sent by SLURM itself: a running
+    job's limit is cut to two minutes (`scontrol update TimeLimit=2`), and at its next check (every 30 s) SLURM
+    warns it. Its worker is held (SIGSTOP) until the warning is pending, so that however fast the machine trains,
+    the trial is still running when the warning comes; let go, the worker gives back its trials itself, at once.
+    A job the engine requeues (`scontrol requeue`) is stopped, gives back its trials, and runs the worker loop
+    again when SLURM restarts it. The study ends exact."""
     out, url = tmp_path / "warned", postgres.new_database()
     proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=150", "hydra.sweeper.grace_period=600"],
                  slurm.env)  # no dead-worker recovery within the test: every trial given back was given back by its job
-    warned = job_of(wait_running(url, "slurm")[0])  # trials long enough to outlast SLURM's next check
-    assert slurm.run("scontrol", "update", f"jobid={warned}", "TimeLimit=1").returncode == 0
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not [t for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")]:
+    trial = wait_running(url, "slurm")[0]
+    worker, warned = pid_of(trial), job_of(trial)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        assert slurm.run("scontrol", "update", f"jobid={warned}", "TimeLimit=2").returncode == 0
+        deadline = time.monotonic() + 90  # the warning is pending (or was let through, should SLURM continue it)
+        while time.monotonic() < deadline and signal.SIGUSR2 not in pending(worker) and not given_back(url):
+            time.sleep(0.3)
+    finally:
+        with suppress(ProcessLookupError):  # SLURM may continue it itself as it warns it, and the job end
+            os.kill(worker, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not given_back(url):
         time.sleep(0.3)
-    given = {t.user_attrs["error"] for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")}
+    given = given_back(url)
     assert given and all("SIGUSR2" in e for e in given), given  # the job's worker said why, it was not found dead
     requeued = job_of(young_in_another_job(url, warned))
     assert slurm.run("scontrol", "requeue", requeued).returncode == 0

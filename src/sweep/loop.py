@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial
 from ..errors import first_line
 from .budget import Step
 from .optuna_internals import ask_waiting, frozen, heartbeat, storage_url
-from .processes import INTERRUPTED, signals_held
+from .processes import INTERRUPTED, signals_held, stop_received
 from .recovery import Unclaimed, Unretried, fail_stale, give_back
 from .storage import cause, masking
 
@@ -134,10 +134,17 @@ class Claim:
         self._beats.close()  # heartbeats first: a beat's SQLite transaction beside the give-back can deadlock both
         if error is None:
             return
-        reason = (str(error) or INTERRUPTED) if isinstance(error, KeyboardInterrupt) else \
-            f"its worker stopped: {first_line(error, typed=False)}"
+        # a stop signal that a library turned into another error (OmegaConf did: AttributeError, in a SLURM job
+        # warned mid-trial) is the stop's: the trials are given back for it, and it goes on as such
+        stop = None if isinstance(error, KeyboardInterrupt) else stop_received()
+        if isinstance(error, KeyboardInterrupt) or stop is not None:
+            reason = str(stop or error) or INTERRUPTED
+        else:
+            reason = f"its worker stopped: {first_line(error, typed=False)}"
         for trial in self.asked:
             give_back(self.study, frozen(self.study, trial), reason)
+        if stop is not None:
+            raise stop from error
 
 
 class Patience:
