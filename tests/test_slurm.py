@@ -54,11 +54,12 @@ def given_back(url: str) -> set[str]:
     return {t.user_attrs["error"] for t in trials_of(url, "slurm") if t.user_attrs.get("interrupted")}
 
 
-def young_in_another_job(url: str, job: str, deadline: float = 120) -> optuna.trial.FrozenTrial:
-    """A young running trial (see `young`) of a job other than `job`, once there is one."""
+def young_in_another_job(url: str, job: str, deadline: float = 120, epochs: int = 3) -> optuna.trial.FrozenTrial:
+    """A young running trial (see `young`: fewer than `epochs` epochs reported) of a job other than `job`, once
+    there is one."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        others = [t for t in trials_of(url, "slurm") if young(t) and job_of(t) not in ("", job)]
+        others = [t for t in trials_of(url, "slurm") if young(t, epochs) and job_of(t) not in ("", job)]
         if others:
             return others[0]
         time.sleep(0.3)
@@ -115,7 +116,7 @@ def test_the_warning_signal_gives_a_jobs_trials_back_at_once_and_a_requeued_job_
         time.sleep(0.3)
     given = given_back(url)
     assert given and all("SIGUSR2" in e for e in given), given  # the job's worker said why, it was not found dead
-    requeued = job_of(young_in_another_job(url, warned))
+    requeued = job_of(young_in_another_job(url, warned, epochs=50))  # 100 epochs left: still running when cut
     assert slurm.run("scontrol", "requeue", requeued).returncode == 0
     for _ in range(60):  # a requeued job waits ~2 minutes before it may start again: let it start now
         if slurm.run("scontrol", "update", f"jobid={requeued}", "StartTime=now").returncode == 0:
