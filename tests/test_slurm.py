@@ -74,7 +74,7 @@ def test_twelve_trials_over_three_slurm_jobs_one_cancelled_one_killed_mid_trial_
     proc = start(out, [*ON_SLURM, f"hydra.sweeper.storage={url}", "trainer.epochs=20"], slurm.env)  # long enough to cut
     cancelled = job_of(wait_running(url, "slurm")[0])
     assert cancelled in slurm.jobs() and slurm.run("scancel", cancelled).returncode == 0  # the job running that trial
-    os.kill(pid_of(young_in_another_job(url, cancelled)), signal.SIGKILL)
+    os.kill(pid_of(young_in_another_job(url, cancelled, epochs=10)), signal.SIGKILL)  # 10 of its 20 epochs left
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     assert "3 job(s) of hydra/launcher=submitit_slurm" in stdout
