@@ -50,8 +50,7 @@ def _run(settings: SweeperSettings, hydra_context: HydraContext, task_function: 
          config: DictConfig, arguments: list[str], folder: Path, storage: Storage) -> None:
     sweep = prepare(settings, hydra_context, task_function, config, arguments, folder, storage)
     launcher = str(config.hydra.runtime.choices.get("hydra/launcher", "basic"))
-    if launcher != "basic":
-        check_shareable(storage, launcher)
+    check_shareable(storage, launcher)
     local_gpus = launcher == "basic" and settings.gpus_per_worker > 0
     devices = gpus.slices(settings.gpus_per_worker, settings.n_workers) if local_gpus else None
     with processes.Pool(lambda slot, owner: work(sweep, slot, owner), lambda owner, reason: give_back_worker(sweep, owner, reason),

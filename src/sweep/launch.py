@@ -369,13 +369,15 @@ def safe_config(config: DictConfig, names: dict[str, str], mask: Any, job_name: 
 
 
 def check_shareable(storage: Storage, choice: str) -> None:
-    """Refuse, in one line, a storage that jobs cannot share: one in memory, or a file in this machine's memory
-    (tmpfs) where jobs may run on other machines."""
+    """Refuse, in one line, a storage that the workers cannot share: one in memory (each process would hold its own
+    study: the command would find no trial), or a file in this machine's memory (tmpfs) where jobs may run on other
+    machines. `choice` "basic": the command's own worker processes."""
     url = storage.url
     if url.startswith("sqlite") and (":memory:" in url or url.rstrip("/").endswith("sqlite:")):
-        raise UserError(f"hydra.sweeper.storage={storage.display}: an in-memory study cannot be shared by the jobs of "
-                        f"hydra/launcher={choice}; use sqlite:///PATH or journal:PATH on a shared file system, or "
-                        f"postgresql+psycopg2://... / mysql+pymysql://...")
+        who = "the sweep's worker processes" if choice == "basic" else f"the jobs of hydra/launcher={choice}"
+        raise UserError(f"hydra.sweeper.storage={storage.display}: an in-memory study cannot be shared by {who}; use "
+                        f"sqlite:///PATH or journal:PATH on a shared file system, or postgresql+psycopg2://... / "
+                        f"mysql+pymysql://...")
     if choice in LOCAL_LAUNCHERS or not url.startswith(("sqlite:", "journal:")):
         return
     path = Path(url.removeprefix("journal:") if url.startswith("journal:") else url.split("///", 1)[-1]).absolute()

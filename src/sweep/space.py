@@ -76,6 +76,10 @@ def _parse(parser: OverridesParser, line: str) -> Override:
 def to_distribution(override: Override) -> BaseDistribution:
     """The Optuna distribution of one sweep override, or a clear error for an empty or unknown one."""
     key, value = override.get_key_element(), override.value()
+    unknown = sorted(set(getattr(value, "tags", None) or ()) - ({"log"} if isinstance(value, IntervalSweep) else set()))
+    if unknown:  # e.g. tag(lg, ...): a typo would silently sample on a linear scale
+        raise UserError(f"{override.input_line!r}: tag {unknown[0]!r} means nothing here; the one tag read is log, on "
+                        f"an interval: tag(log, interval(a,b))")
     if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
         choices = list(override.sweep_iterator(transformer=Transformer.encode))
         bad = [c for c in choices if not isinstance(c, (str, int, float, bool))]
