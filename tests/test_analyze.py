@@ -182,6 +182,13 @@ def test_unknown_by_lists_the_parameters(tmp_path):
     assert "--by model.unitz: no such column; parameters: model.units" in error_lines(result)[0]
 
 
+@pytest.mark.parametrize("top", ["0", "-1", "many"])
+def test_top_must_be_a_whole_number_of_at_least_one(tmp_path, top):
+    folder = write_csv(tmp_path / "hand", "number,state,value,model.units\n0,COMPLETE,0.9,16\n")
+    result = analyze(folder, "--top", top, expect=2)
+    assert f"argument --top: '{top}': give a whole number >= 1" in result.stderr and "DataFrame" not in result.stdout
+
+
 def test_needs_neither_tensorflow_nor_optuna(tmp_path):
     folder = write_csv(tmp_path / "hand", "number,state,value,x\n0,COMPLETE,0.9,1\n1,COMPLETE,0.8,2\n")
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "src.analyze", str(folder)], cwd=ROOT,

@@ -327,6 +327,11 @@ def test_without_m_a_hint_and_exit_2():
                                    "[sweep=NAME] [overrides] (to train one network: python -m src.train [overrides])"]
 
 
+def test_m_with_cfg_shows_the_config_as_without_it():
+    result = run_cli("sweep", "-m", "--cfg", "job", "-p", "model.units", "model.units=32")
+    assert result.stdout.strip() == "32" and "Traceback" not in result.stderr
+
+
 def test_help_texts_are_the_projects_own():
     sweep_help = run_cli("sweep", "--help").stdout
     assert sweep_help.startswith("python -m src.sweep -m [sweep=NAME]") and "sweep: default, fashion10, quick" in sweep_help

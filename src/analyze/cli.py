@@ -9,10 +9,21 @@ from .tables import summary
 from ..errors import UserError, exit_with
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.analyze", description=__doc__.split("\n")[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders (holding trials.csv) or trials.csv files")
-    parser.add_argument("--top", type=int, default=5, help="leaderboard size (default 5)")
+    parser.add_argument("--top", type=positive, default=5, help="leaderboard size (default 5)")
     parser.add_argument("--by", help="group every table by this parameter, e.g. model.activation")
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     parser.add_argument("--plots", action="store_true", help="write the PNG plots into each sweep folder")

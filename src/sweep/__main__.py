@@ -34,7 +34,16 @@ def needs_multirun(argv: list[str]) -> bool:
     return not multirun and not any(a.startswith("-") for a in argv)
 
 
+def without_multirun_for_info(argv: list[str]) -> list[str]:
+    """`-m --cfg job` as the help's "-m is required" suggests: Hydra takes one of -m, --cfg, --info, so -m goes
+    when an info flag is given (Hydra would raise "Only one of --run, --multirun, --cfg ... can be specified")."""
+    info = any(a in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc") or a.startswith(("--cfg=", "--info="))
+               for a in argv)
+    return [a for a in argv if a not in ("-m", "--multirun")] if info else argv
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = without_multirun_for_info(sys.argv[1:])
     if needs_multirun(sys.argv[1:]):
         print(f"error: {command('sweep')} searches only with -m: {command('sweep')} -m [sweep=NAME] [overrides] "
               f"(to train one network: {command('train')} [overrides])", file=sys.stderr)
