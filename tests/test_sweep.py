@@ -200,6 +200,19 @@ def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir)
     assert trials["state"].tolist() == ["FAIL", "COMPLETE", "COMPLETE"]  # the interrupted one does not count
 
 
+@pytest.mark.parametrize("after", [0.3, 1.2])
+def test_ctrl_c_while_the_command_starts_is_one_line_not_a_traceback(tmp_path, data_dir, after):
+    """In its first second or two (Python, Hydra, the study created) the command has not set its own handlers yet."""
+    args = [sys.executable, "-m", "src.sweep", "-m", f"hydra.sweep.dir={tmp_path / 'early'}", *TINY]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(after)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert "run the same command again to" in stderr.strip().splitlines()[-1]
+
+
 def test_a_sweep_folder_that_refuses_writes_gives_the_running_trial_back_and_the_rerun_completes(tmp_path, data_dir):
     """The machine failed, not the params: a trial that cannot write its folder is given back (not counted, its
     params queued again), the command stops in one line, and the rerun runs those params. The folder refuses

@@ -50,5 +50,9 @@ if __name__ == "__main__":
         sys.exit(2)
     try:
         main()
+    except KeyboardInterrupt:  # before the command's own handlers (its first seconds): nothing runs yet
+        print("interrupted by Ctrl-C while the sweep started: no trial ran; run the same command again to start or "
+              "resume it", file=sys.stderr, flush=True)
+        sys.exit(130)
     finally:
         gc.freeze()  # no collection over Hydra's, Optuna's and pandas's objects as Python exits

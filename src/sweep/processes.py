@@ -17,7 +17,7 @@ import sys
 import threading
 import traceback
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -223,7 +223,8 @@ class Pool:
             for slot in range(n_workers):
                 if slot in self.warm:
                     proc, owner, send = self.warm.pop(slot)
-                    send.send(True)
+                    with suppress(BrokenPipeError):  # it died warming up: the wait below sees its exit status
+                        send.send(True)
                     self.running[slot] = (proc, owner)
                 else:
                     self.start(slot)
