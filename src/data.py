@@ -64,15 +64,25 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
+def check_folder(folder: str | os.PathLike) -> Path:
+    """The data folder, or a one-line error when it is not a folder or lacks one of the four files (their
+    contents are checked as they are read); a sweep checks this before its study is created."""
+    where = Path(folder).expanduser()
+    if not where.is_dir():
+        raise UserError(f"data folder not found: {where} (set data.path=DIR or FASHION_MNIST_DIR "
+                        f"to a folder holding {', '.join(FILES['train'] + FILES['test'])})")
+    missing = [name for name in FILES["train"] + FILES["test"] if not (where / name).is_file()]
+    if missing:
+        raise UserError(f"data file missing: {where / missing[0]}")
+    return where
+
+
 @functools.lru_cache(maxsize=4)
 def load_split(folder: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images N x 28 x 28 uint8, labels N uint8) of the official `split` ('train' or 'test'), cached."""
     if folder is None:
         return _keras_split(split)
-    where = Path(folder).expanduser()
-    if not where.is_dir():
-        raise UserError(f"data folder not found: {where} (set data.path=DIR or FASHION_MNIST_DIR "
-                        f"to a folder holding {', '.join(FILES['train'] + FILES['test'])})")
+    where = check_folder(folder)
     image_file, label_file = (where / name for name in FILES[split])
     images, labels = read_idx(image_file, 3), read_idx(label_file, 1)
     if images.shape[1:] != (28, 28):

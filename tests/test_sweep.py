@@ -163,6 +163,22 @@ def test_bad_search_space_fails_before_any_trial(tmp_path, override, message):
     assert not (out / "trials").exists()
 
 
+@pytest.mark.parametrize("missing", ["folder", "file"])
+def test_missing_data_stops_the_sweep_in_one_line_before_its_study(tmp_path, data_dir, missing):
+    folder = tmp_path / "data"
+    if missing == "file":  # three of the four files
+        folder.mkdir()
+        for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+            (folder / name).symlink_to(data_dir / name)
+    out = tmp_path / "no-data"
+    result = run_cli("sweep", "-m", f"hydra.sweep.dir={out}", *TINY, expect=2, env={"FASHION_MNIST_DIR": str(folder)})
+    expected = f"data folder not found: {folder}" if missing == "folder" else \
+        f"data file missing: {folder / 't10k-labels-idx1-ubyte.gz'}"
+    errors = error_lines(result)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {expected}"), result.stderr[-2000:]
+    assert "no trial completed" not in result.stdout and not out.exists()
+
+
 @pytest.mark.parametrize("override", ["hydra.sweeper.sampler=tpee", "hydra.sweeper.pruner=early",
                                       "hydra.sweeper.study_name=../../escape"])
 def test_a_refused_command_leaves_no_empty_sweep_folder(tmp_path, override):

@@ -16,6 +16,7 @@ from optuna.distributions import CategoricalDistribution
 
 from ..cli import composition_error
 from ..config import check as check_config
+from ..data import check_folder
 from ..errors import UserError
 from . import confirm, hparams
 from .context import Sweep
@@ -89,6 +90,8 @@ def check(sweep: Sweep) -> None:
         try:
             if runner.own:  # this project's training config (another Hydra app brings its own checks)
                 check_config(cfg)
+                if n == 0 and cfg.data.path is not None:  # the files, before a study is made for them
+                    check_folder(cfg.data.path)
             if sweep.settings.confirm.top_k > 0:
                 confirm.check(cfg)
         except UserError as e:
