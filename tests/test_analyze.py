@@ -66,9 +66,13 @@ def test_several_sweeps_side_by_side(quick_sweep, tmp_path):
     assert "Best of each sweep" in out
     table = out.split("Best of each sweep\n")[1].split("\n\n")[0].splitlines()
     assert table[1].split()[0] == "quick" and table[2].split()[0] == "other"
-    header = table[0].split()
-    tested = str(yaml.safe_load((folder / "best.yaml").read_text())["test"]["trial"])
-    assert table[1].split()[header.index("tested_trial")] == tested
+    header, row = table[0].split(), table[1].split()
+    tested = yaml.safe_load((folder / "best.yaml").read_text())["test"]["trial"]
+    winner = pd.read_csv(folder / "trials.csv").set_index("number").loc[tested]
+    assert row[header.index("winner")] == str(tested)  # the sweep's answer, with its own params
+    assert row[header.index("model.units")] == str(winner["model.units"])
+    best = pd.read_csv(folder / "trials.csv").sort_values("value", ascending=False, kind="stable").iloc[0]
+    assert row[header.index("best_single")] == str(best["number"])
 
 
 def test_a_folder_of_only_the_csv_files(quick_sweep, tmp_path):

@@ -67,17 +67,21 @@ def effects(record: SweepRecord, by: str | None) -> pd.DataFrame:
 
 
 def compare_bests(records: list[SweepRecord]) -> pd.DataFrame:
-    """One row per sweep: its best trial and value, the trial its test score belongs to (the confirmed winner,
-    which may be another trial) and that score, and trial counts, side by side."""
+    """One row per sweep: its winner (the trial best.yaml tested, the confirmed winner; else the best trial) with
+    its value, test score and params, then its best single trial and value when that is another trial (a
+    confirmation can pick another), and trial counts, side by side."""
     rows = []
     for record in records:
         best = top_trials(record, 1)
         row = {"sweep": record.name, "trials": len(record.trials),
                "complete": int((record.trials["state"] == "COMPLETE").sum())}
         if not best.empty:
-            row |= {"best_trial": int(best["number"].iloc[0]), record.value: best[record.value].iloc[0],
-                    "tested_trial": record.test.get("trial"), "test_accuracy": record.test.get("test_accuracy")}
-            row |= {p: best[p].iloc[0] for p in record.params}
+            tested = record.trials[record.trials["number"] == record.test.get("trial")]
+            winner = tested if len(tested) else best
+            row |= {"winner": int(winner["number"].iloc[0]), record.value: winner[record.value].iloc[0],
+                    "test_accuracy": record.test.get("test_accuracy") if len(tested) else None}
+            row |= {p: winner[p].iloc[0] for p in record.params}
+            row |= {"best_single": int(best["number"].iloc[0]), f"best_single_{record.value}": best[record.value].iloc[0]}
         rows.append(row)
     return pd.DataFrame(rows)
 
