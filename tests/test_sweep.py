@@ -123,6 +123,15 @@ def test_max_failures_stops_with_a_clear_message(tmp_path, data_dir):
     assert table(out)["state"].tolist() == ["FAIL", "FAIL"]
 
 
+def test_a_sweep_whose_every_trial_failed_exits_2_with_the_first_failure(tmp_path, data_dir):
+    """Below max_failures too: the exit status does not depend on n_trials."""
+    out = tmp_path / "all-failed"
+    result = sweep(out, *TINY, "model.activation=nope", "hydra.sweeper.n_trials=2", expect=2)
+    assert error_lines(result) == [f"error: no trial completed: 2 failed; the first (trial 0): {table(out)['error'][0]}"]
+    assert "'nope' is not a Keras activation" in error_lines(result)[0] and "Traceback" not in result.stderr
+    assert not (out / "best.yaml").exists() and "best.yaml" not in result.stdout
+
+
 def test_threshold_pruner_prunes_early(tmp_path, data_dir):
     out = tmp_path / "prune"
     sweep(out, *TINY, "trainer.epochs=4", "model.units=int(interval(8,32))", "hydra.sweeper.n_trials=2",

@@ -189,3 +189,7 @@ def finish(sweep: Sweep) -> None:
             tracker.log_sweep(sweep, best, test)
     progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
                            sweep.runner.replay(best) if best else [], confirmed)
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL and budget.uses_slot(t)]
+    if best is None and failed:  # a sweep whose every trial failed is a failed command, whatever n_trials
+        raise UserError(f"no trial completed: {len(failed)} failed; the first (trial {failed[0].number}): "
+                        f"{failed[0].user_attrs['error']}")

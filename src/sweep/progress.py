@@ -93,7 +93,8 @@ def print_summary(study: optuna.Study, storage: str, folder: Any, metrics: list[
         if confirmed and confirmed["winner"] is not None:
             print_confirmed(confirmed)
         print(f"  replay: {' '.join(results.shell_quote(replay))}")
-    print(f"tables: {folder}/{{trials,leaderboard,params_summary,importance}}.csv and best.yaml", flush=True)
+    print(f"tables: {folder}/{{trials,leaderboard,params_summary,importance}}.csv" + (" and best.yaml" if best else ""),
+          flush=True)
 
 
 def print_confirmed(confirmed: dict[str, Any]) -> None:
