@@ -3,6 +3,7 @@ Ctrl-C never leaves a half-written table."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -31,7 +32,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
-    return write_text(path, json.dumps(data, indent=2) + "\n")
+    """`data` as JSON; a NaN or infinite number (a diverged run's loss) as null, which JSON has, not NaN."""
+    return write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> Path:

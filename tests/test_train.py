@@ -105,7 +105,8 @@ def test_diverging_loss_fails_clearly_and_keeps_history(tmp_path, data_dir):
     result, out = train(tmp_path, "optimizer=sgd", "optimizer.lr=1e12", "trainer.verbose=0", expect=2)
     assert "diverged: the loss became NaN" in error_lines(result)[0]
     assert (out / "history.csv").is_file()
-    assert json.loads((out / "metrics.json").read_text())["error"] == "diverged"
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert metrics["error"] == "diverged" and metrics["train_loss"] is None  # NaN written as JSON's null
 
 
 def test_cfg_and_help_do_not_import_tensorflow():
