@@ -152,11 +152,12 @@ def test_trial_seeded_sampler_differs_between_workers_and_repeats_for_a_seed(tmp
 
     first, again, other = draws(0, tmp_path / "a.db"), draws(0, tmp_path / "b.db"), draws(1, tmp_path / "c.db")
     assert first == again and first != other
+    assert other[:3] != first[1:]  # seed 1 is not seed 0 one trial on (a seed of `seed + number` made it so)
     assert len({tuple(sorted(p.items())) for p in first}) == 4
 
 
 def test_a_trials_draw_does_not_depend_on_how_many_were_asked_with_it(tmp_path):
-    """A batched worker asks K trials, then draws each: trial n still draws from seed + n, so one worker
+    """A batched worker asks K trials, then draws each: trial n still draws from its own seed, so one worker
     claiming 4 and workers claiming 1 each draw the same start-up points."""
     def draws(path, together: bool) -> list[dict]:
         study = new_study(Storage(f"sqlite:///{path}", 1, 2))

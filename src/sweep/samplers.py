@@ -5,6 +5,7 @@ import importlib.util
 from collections import OrderedDict
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
@@ -22,7 +23,7 @@ def make_sampler(name: str | dict[str, Any], seed: int | None, kwargs: dict[str,
     class SweeperSettings does not map to a name (any sampler class, Optuna's or a user's, instantiated by Hydra).
 
     Grid and QMC draw their points by a sequence the storage indexes, so one seed serves every worker.
-    The others are re-seeded with `seed + trial number` before each trial: workers on any machine draw
+    The others are re-seeded per trial with `trial_seed(seed, trial number)`: workers on any machine draw
     different points (trial numbers are unique), and a run with the same seed and history draws the same.
     """
     if isinstance(name, dict):
@@ -61,8 +62,14 @@ def _from_block(block: dict[str, Any], seed: int | None) -> BaseSampler:
     return TrialSeeded(make, seed) if takes_seed and seed is not None else sampler
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial `number`'s sampler: a hash of the sweep's seed and the number (NumPy's SeedSequence), so
+    that two sweep seeds draw unrelated trials (with `seed + number`, seed s's trial n was seed 0's trial n + s)."""
+    return int(np.random.SeedSequence([seed % 2**64, number]).generate_state(1)[0])  # < 2**32, as samplers take
+
+
 class TrialSeeded(BaseSampler):
-    """Delegates each trial to its own sampler, made with `seed + trial.number` when the trial starts: a worker
+    """Delegates each trial to its own sampler, made with `trial_seed(seed, trial.number)` when the trial starts: a worker
     that asks K trials before drawing any still draws each from its own seed, so trial n's draw does not depend
     on how many trials were claimed with it (nor on the number of workers)."""
 
@@ -75,7 +82,7 @@ class TrialSeeded(BaseSampler):
     def of(self, number: int) -> BaseSampler:
         """The sampler trial `number` draws from."""
         if number not in self._by_trial:
-            self._by_trial[number] = self._make(self._seed + number)
+            self._by_trial[number] = self._make(trial_seed(self._seed, number))
             while len(self._by_trial) > self.KEPT:
                 self._by_trial.popitem(last=False)
         return self._by_trial[number]
