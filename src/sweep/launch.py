@@ -89,11 +89,6 @@ class WorkerJob:
                     pass
         except Stopped as e:  # its trials were given back as the claim ended
             return f"worker {owner} {e}"
-        except Exception:
-            stop = stop_received()  # a stop a library turned into another error is the stop
-            if stop is None:
-                raise
-            return f"worker {owner} {stop}"
         finally:
             if main:
                 restore_signals(previous)

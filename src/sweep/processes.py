@@ -341,21 +341,13 @@ def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any,
     try:
         code = work(slot, owner)
     except Stopped as e:
-        sys.exit(_stopped(e))
+        sys.exit(Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code)
     except Exception as e:  # a UserError, or the storage or disk failing: one line, via the parent
-        stop = stop_received()  # or a stop a library turned into another error: the stop's exit
-        if stop is not None:
-            sys.exit(_stopped(stop))
         errors.put(str(e) if isinstance(e, UserError) else f"{first_line(e)}{_where(e)}")
         errors.close()
         errors.join_thread()
         sys.exit(Exit.USER_ERROR)
     sys.exit(code)
-
-
-def _stopped(stop: Stopped) -> int:
-    """A stopped worker's exit status: INTERRUPTED for Ctrl-C, else 128 + the signal."""
-    return Exit.INTERRUPTED if stop.code == 128 + signal.SIGINT else stop.code
 
 
 def _where(error: Exception) -> str:

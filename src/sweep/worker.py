@@ -12,7 +12,7 @@ from .batch_runner import BatchRunner
 from .confirm import Confirmation
 from .context import Sweep
 from .loop import drain
-from .processes import Exit
+from .processes import Exit, stop_received
 from .search import Search
 from .storage import failure
 
@@ -20,10 +20,14 @@ from .storage import failure
 def work(sweep: Sweep, slot: int, owner: str) -> Exit:
     """Returns DONE when the study has no trial left (slot 0 then replays the best trial on the test set), RETIRED
     after `max_trials_per_worker` trials trained alone or batched groups (a fresh process takes over).
-    A storage fault leaves as a `UserError` naming its cause."""
+    A storage fault leaves as a `UserError` naming its cause; any error after a stop signal, as the stop (a library
+    the signal cut may have turned it into another error), wherever the worker runs."""
     try:
         return _work(sweep, slot, owner)
     except Exception as e:
+        stop = stop_received()
+        if stop is not None:
+            raise stop from e
         reason = failure(e)
         if reason is None:
             raise
