@@ -151,3 +151,17 @@ def test_a_worker_stopped_while_it_warms_up_exits_even_when_the_import_turned_th
             time.sleep(0.5)  # the worker is in its import
             raise RuntimeError("the sweep was refused")
     assert [proc.exitcode for proc in warm] == [128 + signal.SIGTERM]  # its own exit, not killed after a minute
+
+
+def test_workers_stopped_the_moment_they_start_exit_through_their_own_handler_with_no_traceback(capfd):
+    """A refused sweep stops the workers it started early within milliseconds. A signal that came while a worker
+    set itself up (before its try) printed multiprocessing's "Process ForkProcess-1: Traceback" (seen in CI on a
+    refused sweep); one that came before its handlers killed it outright. Each now exits through its handler."""
+    codes = []
+    for _ in range(60):
+        with Pool(lambda slot, owner: Exit.DONE, lambda owner, reason: None, max_deaths=0) as pool:
+            pool.warm_up(2, lambda: None)
+            warm = [proc for proc, _, _ in pool.warm.values()]
+        codes += [proc.exitcode for proc in warm]
+    assert "Traceback" not in capfd.readouterr().err
+    assert codes == [128 + signal.SIGTERM] * 120

@@ -196,8 +196,9 @@ class Pool:
         self.n_workers = n_workers
         for slot in range(n_workers):
             go, send = self.context.Pipe(duplex=False)
-            proc, owner = self._fork(slot, _warm_then_work(warm, go, self.work))
-            self.warm[slot] = (proc, owner, send)
+            with signals_held():  # see `start`
+                proc, owner = self._fork(slot, _warm_then_work(warm, go, self.work))
+                self.warm[slot] = (proc, owner, send)
 
     def discard(self) -> None:
         """Stop the workers started early that `run` did not take (they hold no trial)."""
@@ -243,7 +244,10 @@ class Pool:
             raise UserError(self.failure)
 
     def start(self, slot: int) -> None:
-        self.running[slot] = self._fork(slot, self.work)
+        # Forked with stop signals blocked, which the child inherits: it unblocks them once its own handlers
+        # are in place, so no signal finds it half set up. Here, a stop waits until the worker is on record.
+        with signals_held():
+            self.running[slot] = self._fork(slot, self.work)
 
     def _fork(self, slot: int, work: Work) -> tuple[Any, str]:
         owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}"
@@ -328,25 +332,29 @@ def _stop(running: dict[int, tuple[Any, str]], give_back: Callable[[str, str], N
 def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any, parent: int,
                  devices: list[str] | None = None) -> None:
     """A worker process: dies with its parent, stops cleanly on signals, pins itself to its share of cores
-    and, where it has GPUs, sees only its own devices."""
-    _die_with_parent(parent)
-    raise_on_signals(once=True)
-    if devices is not None:
-        gpus.use(devices)
-    cores = sorted(os.sched_getaffinity(0))
-    if n_workers > 1 and len(cores) >= n_workers:
-        os.sched_setaffinity(0, cores[slot::n_workers])
-        for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-            os.environ[var] = str(max(1, len(cores) // n_workers))
+    and, where it has GPUs, sees only its own devices. Whatever stops it, it exits with a status and no
+    traceback: its stop signals were blocked from the fork (`Pool.start`) until its handlers are in place."""
     try:
+        raise_on_signals(once=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # one that came since the fork is raised here
+        _die_with_parent(parent)
+        if devices is not None:
+            gpus.use(devices)
+        cores = sorted(os.sched_getaffinity(0))
+        if n_workers > 1 and len(cores) >= n_workers:
+            os.sched_setaffinity(0, cores[slot::n_workers])
+            for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+                os.environ[var] = str(max(1, len(cores) // n_workers))
         code = work(slot, owner)
     except Stopped as e:
-        sys.exit(Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code)
+        code = Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code
     except Exception as e:  # a UserError, or the storage or disk failing: one line, via the parent
+        _ignore_signals()  # the report must reach the parent whole
         errors.put(str(e) if isinstance(e, UserError) else f"{first_line(e)}{_where(e)}")
         errors.close()
         errors.join_thread()
-        sys.exit(Exit.USER_ERROR)
+        code = Exit.USER_ERROR
+    _ignore_signals()  # its work is over: a stop now has nothing to give back, and must not become a traceback
     sys.exit(code)
 
 
