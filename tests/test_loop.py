@@ -59,7 +59,7 @@ class Budgeted:
     def claim_size(self, trials: Sequence[FrozenTrial]) -> int:
         return self.k
 
-    def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
+    def admit(self, study: optuna.Study, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> str | None:
         return None if budget.within_budget(study.get_trials(deepcopy=False), trial.number, self.n_trials) else "past"
 
     def joins(self, study: optuna.Study, first: optuna.Trial) -> None:
@@ -437,7 +437,7 @@ def test_a_batchs_lines_count_and_rank_in_turn(capsys):
         study.tell(trial, x)
     numbers = [0, 1, 2]
     for i, n in enumerate(numbers):
-        progress.print_trial(study, n, 3, "value", datetime.now(), later=frozenset(numbers[i + 1:]))
+        progress.print_trial(study, study.get_trials(), n, 3, "value", datetime.now(), later=frozenset(numbers[i + 1:]))
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" elapsed")[0].rsplit(" ", 1)[0] for line in lines] == [
         "trial 0 COMPLETE value=0.5000 best=0.5000 (#0) 1/3 done",

@@ -1,6 +1,7 @@
 """The study rules without Hydra or TensorFlow: budget, dead workers' trials, retries, best trial, storages."""
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -9,11 +10,12 @@ from contextlib import closing
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from src.errors import UserError
 from src.sweep.budget import next_step, uses_slot, within_budget
-from src.sweep.optuna_internals import frozen, heartbeat, set_user_attrs
+from src.sweep.optuna_internals import frozen, heartbeat, set_user_attrs, trials_read_once
 from src.sweep.recovery import Unclaimed, give_back
 from src.sweep.storage import Storage, StorageGone, failure
 from src.sweep.study import best_trial, check_space, open_study, suggest
@@ -429,3 +431,32 @@ def check_set_user_attrs(url: str) -> None:
 
 def test_set_user_attrs_sets_every_key_in_one_transaction_and_none_once_told(tmp_path):
     check_set_user_attrs(f"sqlite:///{tmp_path / 'study.db'}")
+
+
+def test_a_trials_draw_reads_the_study_once_and_draws_what_it_drew_reading_it_per_param(tmp_path, monkeypatch):
+    """TPE with constant_liar (independent, as the sweeper runs it) reads every trial of the study for each param
+    (uncached), and once more for its start-up check; a draw now reads them once (`trials_read_once`), and must
+    draw exactly the same params, running liars included."""
+    space = {"a": IntDistribution(8, 64, log=True), "b": IntDistribution(1, 2),
+             "c": CategoricalDistribution(["relu", "tanh"]), "d": FloatDistribution(1e-3, 1e-2, log=True)}
+    counted, read = [], RDBStorage._get_trials  # noqa: SLF001 - the storage reads, counted
+    monkeypatch.setattr(RDBStorage, "_get_trials", lambda *a, **k: counted.append(1) or read(*a, **k))
+    draws, reads = [], []
+    for name, once in (("per_param", False), ("once", True)):
+        (tmp_path / name).mkdir()
+        storage = sqlite_storage(tmp_path / name)
+        sampler = make_sampler("tpe", 0, {"n_startup_trials": 3, "multivariate": False, "constant_liar": True}, parse({}, []))
+        study = open_study(storage.connect(), name, ["maximize"], sampler, optuna.pruners.NopPruner())
+        for value in (0.1, 0.5, 0.3, 0.9):
+            trial = study.ask()
+            suggest(trial, space)
+            study.tell(trial, value)
+        liar = study.ask()  # running: TPE counts it as a liar
+        suggest(liar, space)
+        trial = study.ask()
+        counted.clear()
+        with trials_read_once(study) if once else contextlib.nullcontext():
+            draws.append(suggest(trial, space))
+        reads.append(len(counted))
+    assert draws[0] == draws[1] and len(draws[0]) == 4
+    assert reads == [5, 1]

@@ -263,8 +263,8 @@ class RunQueue:
             return max(1, min(settings.batch_trials, settings.confirm.seeds, waiting))  # claim would wait behind them
         return max(1, min(settings.batch_trials, waiting))
 
-    def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
-        if frozen(study, trial).system_attrs.get("fixed_params"):
+    def admit(self, study: optuna.Study, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> str | None:
+        if next(t for t in trials if t.number == trial.number).system_attrs.get("fixed_params"):
             return None
         return "not run: no queued run left"  # a waiting run was taken by another worker between our look and our ask
 

@@ -201,7 +201,7 @@ class Printer(threading.Thread):
         for t in trials:
             if t.state in budget.FINISHED and ("search", t.number) not in self.printed and t.params:
                 self.printed.add(("search", t.number))
-                progress.print_trial(self.study, t.number, self.sweep.budget, self.sweep.objectives[0],
+                progress.print_trial(self.study, trials, t.number, self.sweep.budget, self.sweep.objectives[0],
                                      self.sweep.started)
         s = self.sweep.settings
         if not s.confirm.top_k or budget.next_step(trials, self.sweep.budget) != "done":

@@ -40,8 +40,9 @@ class Policy(Protocol):
     def claim_size(self, trials: Sequence[FrozenTrial]) -> int:
         """How many trials to claim now; 0 to retire this worker instead."""
 
-    def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
-        """Why a trial just asked may not run (it is given back, not queued again), or None."""
+    def admit(self, study: optuna.Study, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> str | None:
+        """Why a trial just asked may not run (it is given back, not queued again), or None; `trials`: the
+        study's, read after the ask."""
 
     def joins(self, study: optuna.Study, first: optuna.Trial) -> Callable[[FrozenTrial], bool] | None:
         """Which waiting trials may join a claim that began with `first` (the claim ends when none is left);
@@ -59,10 +60,9 @@ def drain(study: optuna.Study, policy: Policy, owner: str, grace: float, heartbe
     unclaimed, unretried, patience = Unclaimed(grace), Unretried(grace), Patience(heartbeat_interval)
     while True:
         fail_stale(study)  # given back and queued again
-        seen = study.get_trials(deepcopy=False)
-        unclaimed.recover(study, seen)
-        unretried.recover(study, seen)
         trials = study.get_trials(deepcopy=False)
+        if unclaimed.recover(study, trials) | unretried.recover(study, trials):  # both look at the same trials
+            trials = study.get_trials(deepcopy=False)
         policy.check(trials)
         step = policy.step(trials)
         if step == "done":
@@ -104,8 +104,8 @@ class Claim:
     def take(self, n: int, policy: Policy) -> None:
         """Up to `n` trials the policy admits; the first it refuses is given back and ends the claim, as does
         finding no waiting trial the policy lets join it."""
-        joins = None
-        while len(self.trials) < n and (not self.trials or policy.step(self.study.get_trials(deepcopy=False)) == "ask"):
+        joins, trials = None, []  # the study's trials, read once after each ask for the policy's two looks
+        while len(self.trials) < n and (not self.trials or policy.step(trials) == "ask"):
             with signals_held():
                 trial = self.study.ask() if joins is None else ask_waiting(self.study, joins)
                 if trial is None:
@@ -113,7 +113,8 @@ class Claim:
                 self._beats.enter_context(heartbeat(self.study, trial, self._tell_beat_failure))
                 trial.set_user_attr("worker", self.owner)
                 self.asked.append(trial)
-            refused = policy.admit(self.study, trial)
+            trials = self.study.get_trials(deepcopy=False)
+            refused = policy.admit(self.study, trial, trials)
             if refused:
                 give_back(self.study, frozen(self.study, trial), refused, retry=False)
                 return

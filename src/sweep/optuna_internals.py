@@ -6,6 +6,7 @@ a journal storage's trials alive the way an RDB storage's are.
 """
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import time
@@ -72,6 +73,30 @@ def ask_waiting(study: optuna.Study, where: Callable[[FrozenTrial], bool]) -> op
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+@contextmanager
+def trials_read_once(study: optuna.Study) -> Iterator[None]:
+    """Within the block, the study's trials are read from its storage once. A trial draws its params one at a
+    time, and TPE with `constant_liar` reads the whole study for each (uncached: the running trials are its
+    liars); nothing in the block changes them but the drawing trial's own params, which TPE leaves out. Sweep S:
+    80 of a worker's 135 reads, ~3 ms each on SQLite."""
+    storage, read = study._storage, study._storage.get_all_trials
+    snapshot: list[FrozenTrial] = []
+
+    def get_all_trials(study_id: int, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        if study_id != study._study_id:
+            return read(study_id, deepcopy=deepcopy, states=states)
+        if not snapshot:
+            snapshot.extend(read(study_id, deepcopy=False))
+        trials = snapshot if states is None else [t for t in snapshot if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    storage.get_all_trials = get_all_trials  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del storage.get_all_trials
 
 
 def set_system_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:

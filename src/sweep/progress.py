@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -36,12 +36,12 @@ def live_line(number: int, metric: str) -> Callable[[int, int | None, dict[str, 
 REWRITE = "\r\033[K"  # back to the line's start, erase it
 
 
-def print_trial(study: optuna.Study, number: int, budget: int, metric: str, started: datetime,
-                live: bool = False, later: frozenset[int] = frozenset()) -> None:
+def print_trial(study: optuna.Study, seen: Sequence[FrozenTrial], number: int, budget: int, metric: str,
+                started: datetime, live: bool = False, later: frozenset[int] = frozenset()) -> None:
     """`trial 3 COMPLETE val_accuracy=0.9517 best=0.9583 (#1) 4/20 done 12s elapsed ~1m left` (3 is the
-    trial's number in the study; 4/20 counts the study's trials, every worker's). A batch prints its trials in
-    turn: each line counts and ranks as if the batch's `later` trials, whose lines follow, were not done yet."""
-    trials = [x for x in study.get_trials(deepcopy=False) if x.number not in later]
+    trial's number in the study; 4/20 counts the study's trials `seen`, every worker's). A batch prints its trials
+    in turn: each line counts and ranks as if the batch's `later` trials, whose lines follow, were not done yet."""
+    trials = [x for x in seen if x.number not in later]
     t = next(x for x in trials if x.number == number)
     line = f"trial {number} {t.state.name}"
     value = t.user_attrs.get(metric)

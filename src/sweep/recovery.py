@@ -81,8 +81,9 @@ class Unclaimed:
         self.seen: dict[int, float] = {}
         self.beating: set[int] = set()
 
-    def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
-        now = time.monotonic()
+    def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> bool:
+        """Whether it gave any trial back."""
+        now, gave = time.monotonic(), False
         silent = {t.number: t for t in trials if t.state == TrialState.RUNNING and t.number not in self.beating}
         self.seen = {n: self.seen.get(n, now) for n in silent}
         for number, since in self.seen.items():
@@ -92,6 +93,8 @@ class Unclaimed:
                 self.beating.add(number)
             else:
                 give_back(study, silent[number], "its worker process died before the trial's first heartbeat")
+                gave = True
+        return gave
 
 
 class Unretried:
@@ -104,8 +107,9 @@ class Unretried:
         self.grace = grace
         self.seen: dict[int, float] = {}
 
-    def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
-        now = time.monotonic()
+    def recover(self, study: optuna.Study, trials: list[FrozenTrial]) -> bool:
+        """Whether it let any slot go."""
+        now, gone = time.monotonic(), False
         awaiting = {t.number: t for t in awaiting_retry(trials)}
         self.seen = {n: self.seen.get(n, now) for n in awaiting}
         for number, since in self.seen.items():
@@ -113,6 +117,8 @@ class Unretried:
                 print(f"warning: trial {number} was cut short and its retry never queued (the process that failed "
                       f"it ended); its slot goes to a new trial", file=sys.stderr, flush=True)
                 _let_go(study, awaiting[number])
+                gone = True
+        return gone
 
 
 def _let_go(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -20,6 +20,7 @@ from ..errors import UserError
 from . import progress
 from .compose import Composer
 from .hydra_internals import run_task
+from .optuna_internals import trials_read_once
 from .outcome import TrialOutcome, tell
 from .pruning import PruningHook, current_hook
 from .space import SearchSpace
@@ -56,10 +57,11 @@ class Runner:
         """The trial's params (a queued retry keeps its own). A trial that cannot draw them is fatal: it is
         given back and the sweep stops (e.g. a queued retry whose stored params no longer fit the space)."""
         try:
-            params = suggest(trial, self.space.distributions)
-            if self.extend is not None:
-                self.extend(self.config, trial)
-                params = dict(trial.params)
+            with trials_read_once(study):
+                params = suggest(trial, self.space.distributions)
+                if self.extend is not None:
+                    self.extend(self.config, trial)
+                    params = dict(trial.params)
         except Exception as e:  # noqa: BLE001 - told as fatal: the next line raises
             self.record(study, trial, TrialOutcome.failed(f"trial {trial.number}: cannot draw its params: {e}; set "
                                                           f"hydra.sweeper.study_name to start a new study", fatal=True))

@@ -43,8 +43,8 @@ class Search:
             return 1  # the sampler learns from each
         return budget.claim_size(trials, self.sweep.budget, s, self.sweep.started, self.ran)
 
-    def admit(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
-        if budget.within_budget(study.get_trials(deepcopy=False), trial.number, self.sweep.budget):
+    def admit(self, study: optuna.Study, trial: optuna.Trial, trials: Sequence[FrozenTrial]) -> str | None:
+        if budget.within_budget(trials, trial.number, self.sweep.budget):
             return None
         return "not run: another worker took the study's last trial first"
 
@@ -62,7 +62,7 @@ class Search:
     def after(self, study: optuna.Study, trials: list[optuna.Trial], completed: bool) -> None:
         self.sweep.write_tables(study)
         if completed and not self.sweep.quiet:
-            numbers = [t.number for t in trials]
+            numbers, seen = [t.number for t in trials], study.get_trials(deepcopy=False)
             for i, trial in enumerate(trials):  # in turn, each counted as if the batch's next ones were not done
-                progress.print_trial(study, trial.number, self.sweep.budget, self.sweep.objectives[0],
+                progress.print_trial(study, seen, trial.number, self.sweep.budget, self.sweep.objectives[0],
                                      self.sweep.started, self.sweep.runner.live, later=frozenset(numbers[i + 1:]))
