@@ -41,6 +41,7 @@ SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHU
                 signal.SIGUSR2: "SIGUSR2"}
 INTERRUPTED = "interrupted by Ctrl-C"  # a plain KeyboardInterrupt's reason (a `Stopped` names its signal)
 COMMAND_STOPPED = "interrupted: its sweep command was stopped"
+COMMAND_DIED = "interrupted: its sweep command died (killed?)"  # a worker's parent-death signal
 
 
 class Stopped(KeyboardInterrupt):
@@ -50,27 +51,30 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int | None = None, reason: str | None = None) -> None:
         name = SIGNAL_NAMES.get(signum, signal.Signals(signum).name) if signum else ""
         super().__init__(reason or f"interrupted by {name}")
+        self.signum, self.reason = signum, reason
         self.code = 128 + (signum or signal.SIGINT)
 
 
 Handlers = dict[int, Any]
 
 
-# The stop signals this process received from `raise_on_signals` to `restore_signals`: signals belong to the
+# The stops this process received from `raise_on_signals` to `restore_signals`: signals belong to the
 # process, not to a layer.
-_RECEIVED: list[int] = []
+_RECEIVED: list[Stopped] = []
 
 
-def raise_on_signals(once: bool) -> Handlers:
+def raise_on_signals(once: bool, parent: int | None = None) -> Handlers:
     """Turn the stop signals into `Stopped`; with `once`, later ones are ignored so that the clean-up (giving the
-    trial back) is not cut short. Returns the handlers they replace (for `restore_signals`)."""
+    trial back) is not cut short. A worker's `parent`: a signal that comes once it is gone is its parent-death
+    signal, and says so. Returns the handlers they replace (for `restore_signals`)."""
     _RECEIVED.clear()
 
     def handler(signum: int, frame: Any) -> None:
-        _RECEIVED.append(signum)
+        orphan = parent is not None and os.getppid() != parent
+        _RECEIVED.append(Stopped(signum, COMMAND_DIED if orphan else None))
         if once:
             _ignore_signals()
-        raise Stopped(signum)
+        raise _RECEIVED[-1]
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
@@ -144,7 +148,7 @@ def stop_received() -> Stopped | None:
     """The stop a signal asked for, if one came: the library a `Stopped` cut may have turned it into another error
     (TensorFlow did: SystemError, then AssertionError, in a SLURM job cancelled mid-epoch), which must not be told
     as the trial's failure."""
-    return Stopped(_RECEIVED[0]) if _RECEIVED else None
+    return Stopped(_RECEIVED[0].signum, _RECEIVED[0].reason) if _RECEIVED else None
 
 
 def restore_signals(previous: Handlers | None = None) -> None:
@@ -335,7 +339,7 @@ def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any,
     and, where it has GPUs, sees only its own devices. Whatever stops it, it exits with a status and no
     traceback: its stop signals were blocked from the fork (`Pool.start`) until its handlers are in place."""
     try:
-        raise_on_signals(once=True)
+        raise_on_signals(once=True, parent=parent)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # one that came since the fork is raised here
         _die_with_parent(parent)
         if devices is not None:
