@@ -82,6 +82,7 @@ def trials_read_once(study: optuna.Study) -> Iterator[None]:
     liars); nothing in the block changes them but the drawing trial's own params, which TPE leaves out. Sweep S:
     80 of a worker's 135 reads, ~3 ms each on SQLite."""
     storage, read = study._storage, study._storage.get_all_trials
+    outer = vars(storage).get("get_all_trials")  # a block within another: the outer one's stays after
     snapshot: list[FrozenTrial] = []
 
     def get_all_trials(study_id: int, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
@@ -96,7 +97,10 @@ def trials_read_once(study: optuna.Study) -> Iterator[None]:
     try:
         yield
     finally:
-        del storage.get_all_trials
+        if outer is None:
+            del storage.get_all_trials
+        else:
+            storage.get_all_trials = outer  # type: ignore[method-assign]
 
 
 def set_system_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
