@@ -313,6 +313,10 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
                              "a.trial_id = t.trial_id AND a.key = 'error' WHERE t.state = 'FAIL'").fetchall()
     assert sorted([*trials["number"], *(n for n, _ in skipped)]) == list(range(7 + len(skipped)))
     assert all("not run: another worker took the study's last trial first" in error for _, error in skipped), skipped
+    result = sweep(out, *args, "hydra.sweeper.n_trials=9")  # more than the grid's 7 points: said, nothing new runs
+    assert "study 'default' is complete: 7/7 trials; it ran the whole grid; set study_name" in result.stdout
+    assert "7 trials (the whole grid; hydra.sweeper.n_trials=9 asks more)" in result.stdout
+    assert len(table(out)) == 7
     assert yaml.safe_load((out / "best.yaml").read_text())["test"]["test_accuracy"] > 0.5
 
 

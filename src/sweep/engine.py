@@ -104,7 +104,8 @@ def join(sweep: Sweep, local: bool = True) -> int:
             hparams.write_sweep_experiment(folder, sweep.space.distributions, sweep.budget)
     n_workers = plan_workers(settings.n_workers, sweep.budget, trials, sweep.name, needs_replay(sweep, study),
                              confirming=settings.confirm.top_k > 0 and not confirm.Confirmation(sweep).finished(),
-                             cores=len(os.sched_getaffinity(0)) if local else settings.n_workers)
+                             cores=len(os.sched_getaffinity(0)) if local else settings.n_workers,
+                             whole_grid=sweep.budget < settings.n_trials)
     close(study)  # no connection crosses the fork
     return n_workers
 
@@ -142,14 +143,16 @@ def needs_replay(sweep: Sweep, study: optuna.Study) -> bool:
 
 
 def plan_workers(requested: int, n_trials: int, trials: list[Any], name: str, replay: bool, confirming: bool = False,
-                 cores: int | None = None) -> int:
-    """How many workers to start: no more than the cores (local workers) or the trials left (with a note)."""
+                 cores: int | None = None, whole_grid: bool = False) -> int:
+    """How many workers to start: no more than the cores (local workers) or the trials left (with a note).
+    `whole_grid`: n_trials is a grid's every point (fewer than asked)."""
     used, left = budget.slots_used(trials), budget.left(trials, n_trials)
     cores = cores or len(os.sched_getaffinity(0))
     if budget.next_step(trials, n_trials) == "done":
         if confirming:  # the search is done; its confirmation runs are not
             return max(1, min(requested, cores))
-        print(f"study {name!r} is complete: {used}/{n_trials} trials; raise n_trials or set study_name", flush=True)
+        more = "it ran the whole grid; set study_name" if whole_grid else "raise n_trials or set study_name"
+        print(f"study {name!r} is complete: {used}/{n_trials} trials; {more}", flush=True)
         return 1 if replay else 0
     n = max(1, min(requested, left, cores))
     if n < requested:

@@ -16,7 +16,10 @@ from .study import sign
 def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: Any, storage: str,
                 launcher: str = "basic") -> None:
     workers = f"{n_workers} worker(s)" if launcher == "basic" else f"{n_workers} job(s) of hydra/launcher={launcher}"
-    print(f"sweep {name!r}: {budget} trials, sampler {settings.sampler_name}, pruner {settings.pruner_name}, "
+    trials = f"{budget} trials"
+    if budget < settings.n_trials:  # a grid with fewer points than asked
+        trials += f" (the whole grid; hydra.sweeper.n_trials={settings.n_trials} asks more)"
+    print(f"sweep {name!r}: {trials}, sampler {settings.sampler_name}, pruner {settings.pruner_name}, "
           f"{workers}; study in {storage}; results in {folder}", flush=True)
 
 
