@@ -339,26 +339,27 @@ def _worker_main(work: Work, slot: int, n_workers: int, owner: str, errors: Any,
     and, where it has GPUs, sees only its own devices. Whatever stops it, it exits with a status and no
     traceback: its stop signals were blocked from the fork (`Pool.start`) until its handlers are in place."""
     try:
-        raise_on_signals(once=True, parent=parent)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # one that came since the fork is raised here
-        _die_with_parent(parent)
-        if devices is not None:
-            gpus.use(devices)
-        cores = sorted(os.sched_getaffinity(0))
-        if n_workers > 1 and len(cores) >= n_workers:
-            os.sched_setaffinity(0, cores[slot::n_workers])
-            for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-                os.environ[var] = str(max(1, len(cores) // n_workers))
-        code = work(slot, owner)
+        try:
+            raise_on_signals(once=True, parent=parent)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # one that came since the fork is raised here
+            _die_with_parent(parent)
+            if devices is not None:
+                gpus.use(devices)
+            cores = sorted(os.sched_getaffinity(0))
+            if n_workers > 1 and len(cores) >= n_workers:
+                os.sched_setaffinity(0, cores[slot::n_workers])
+                for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+                    os.environ[var] = str(max(1, len(cores) // n_workers))
+            code = work(slot, owner)
+        finally:  # its work is over, or cut: a later stop has nothing to give back, and the report must go whole
+            _ignore_signals()
     except Stopped as e:
         code = Exit.INTERRUPTED if e.code == 128 + signal.SIGINT else e.code
     except Exception as e:  # a UserError, or the storage or disk failing: one line, via the parent
-        _ignore_signals()  # the report must reach the parent whole
         errors.put(str(e) if isinstance(e, UserError) else f"{first_line(e)}{_where(e)}")
         errors.close()
         errors.join_thread()
         code = Exit.USER_ERROR
-    _ignore_signals()  # its work is over: a stop now has nothing to give back, and must not become a traceback
     sys.exit(code)
 
 
