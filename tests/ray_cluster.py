@@ -42,14 +42,17 @@ signal.pause()
 
 
 def ray_python() -> Path:
-    """The Ray venv's python, the venv made first if missing."""
+    """The Ray venv's python, the venv made first if missing or half made (its `ready` file comes last: a venv's
+    python exists long before pip has installed Ray into it, and a CI run once started the cluster then).
+    `.ci/run` makes it before pytest starts, so no two test processes make it at once."""
     python = RAY_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(RAY_VENV)], check=True)
+    if not (RAY_VENV / "ready").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(RAY_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *RAY_PACKAGES], check=True)
         purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                  check=True, capture_output=True, text=True).stdout.strip()
         Path(purelib, "keras-sweep-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        (RAY_VENV / "ready").write_text("")
     return python
 
 
