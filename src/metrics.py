@@ -15,11 +15,17 @@ RUN_METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "best_epoch", "t
                "test_accuracy", "test_loss", "epochs", "param_count", "seed", "n_train", "n_val", "seconds",
                "peak_rss_mb")
 SETUP = ("seed", "n_train", "n_val")  # what the run was given, not what it measured
+DIGITS = 6  # scores are float32: more digits are noise
+
+
+def rounded(value: float) -> float:
+    """A score as every table and the study record it (a pruned trial's value is its last report)."""
+    return round(float(value), DIGITS)
 
 
 def history_table(logs: Any) -> pd.DataFrame:
     """history.csv: one row per epoch (`epoch`, then Keras's log columns), float32 noise rounded away."""
-    history = pd.DataFrame(logs).astype("float64").round(6)
+    history = pd.DataFrame(logs).astype("float64").round(DIGITS)
     history.insert(0, "epoch", range(1, len(history) + 1))
     return history
 

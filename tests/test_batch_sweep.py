@@ -42,6 +42,7 @@ def test_batched_trials_are_written_and_told_as_if_alone(tmp_path, data_dir):
         assert metrics["param_count"] == sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))  # the narrow net's
         if row["state"] == "PRUNED":  # stopped at the epoch its pruner said so; no model kept
             assert len(history) == metrics["epochs"] <= 3 and not (folder / "model.keras").exists()
+            assert row["value"] == history["val_accuracy"].iloc[-1]  # its last report, rounded as the tables are
         else:
             assert len(history) == 3 and row["value"] == metrics["val_accuracy"]
 

@@ -139,6 +139,7 @@ def test_threshold_pruner_prunes_early(tmp_path, data_dir):
     trials = table(out)
     assert trials["state"].tolist() == ["PRUNED", "PRUNED"]
     assert trials["epochs"].tolist() == [1, 1]  # stopped at once, not after 4 epochs
+    assert (trials["value"] == trials["val_accuracy"]).all()  # its last report, rounded as the tables are
     assert len(pd.read_csv(trials["run_dir"][0] + "/history.csv")) == 1
     assert not (out / "best.yaml").exists()
 

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import optuna
 
 from ..errors import UserError
+from ..metrics import rounded
 from .processes import COMMAND_STOPPED, Stopped, signals_held
 
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
@@ -59,7 +60,7 @@ class PruningHook:
         if not self.report or self.metric not in logs:
             return False
         with signals_held():  # Ctrl-C waits for the storage write: cut mid-transaction, it leaves SQLite locked
-            self.trial.report(float(logs[self.metric]), epoch)
+            self.trial.report(rounded(logs[self.metric]), epoch)
             prune = self.enabled and self.trial.should_prune()
         if prune:
             self.pruned_at = epoch
