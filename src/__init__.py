@@ -10,6 +10,7 @@ PACKAGE = __name__  # "src" or "keras_sweep"
 _HERE = Path(__file__).resolve().parent
 # Hydra's config folder: `conf/` beside this folder in a checkout, inside the package when installed
 CONFIG_DIR = str(_HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parent / "conf")
+TRAIN_CONFIG = "config"  # the primary config of the train command (a sweep's replay line composes it)
 
 
 def command(name: str) -> str:

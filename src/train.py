@@ -7,7 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import CONFIG_DIR
+from . import CONFIG_DIR, TRAIN_CONFIG
 from .backend import use_backend
 from .cli import one_line_errors
 from .config import check
@@ -18,7 +18,7 @@ register()  # the config groups' typed schemas, before Hydra composes
 one_line_errors()  # a mistyped key or option: one line with the closest name, not Hydra's report
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=TRAIN_CONFIG)
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     """Train the composed network; return its validation accuracy (what a sweep optimizes)."""

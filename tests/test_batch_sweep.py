@@ -157,3 +157,38 @@ def test_a_jax_sweep_loads_no_tensorflow_in_its_workers_and_compiles_each_progra
     assert seen and all(s["jax"] and s["keras"] and not s["tensorflow"] and not s["matplotlib"] for s in seen), seen
     assert runs["first"][1], "nothing compiled went to the cache"
     assert runs["again"] == runs["first"]
+
+
+MINE = """# @package _global_
+defaults:
+  - override /optimizer: adamw
+data: {classes: [0, 2, 4, 6], n_train: 1200}
+model: {layers: 1, batch_norm: true}
+trainer:
+  epochs: 2
+  loss: {_target_: keras.losses.CategoricalCrossentropy, label_smoothing: 0.1}
+hydra:
+  sweeper:
+    n_trials: 2
+    pruner: none
+    confirm: {top_k: 0}
+    params:
+      model.units: int(interval(8, 32))
+"""
+
+
+def test_what_a_sweep_definition_sets_outside_its_params_is_in_the_replay_line(tmp_path, data_dir):
+    """A sweep definition's own settings (a group choice, values, a dict) apply to every trial; `src.train` knows
+    no sweep definition, so the replay line spells them out (fashion10's line trained 3 classes, no batch norm)."""
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "mine.yaml").write_text(MINE)
+    out = tmp_path / "mine"
+    run_cli("sweep", "-m", f"--config-dir={tmp_path / 'conf'}", "sweep=mine", f"hydra.sweep.dir={out}")
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    command = shlex.split(best["command"])
+    assert {"optimizer=adamw", "model.batch_norm=true", "data.classes=[0,2,4,6]", "model.layers=1"} <= set(command)
+    run_cli("train", *command[3:], "trainer.verbose=0", f"hydra.run.dir={tmp_path / 'replay'}")
+    replayed = json.loads((tmp_path / "replay" / "metrics.json").read_text())
+    searched = json.loads((out / "trials" / str(best["trial"]) / "metrics.json").read_text())
+    keys = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "param_count", "n_train", "program")
+    assert {k: replayed[k] for k in keys} == {k: searched[k] for k in keys}

@@ -183,15 +183,16 @@ def finish(sweep: Sweep) -> None:
         confirmed = confirmation.results(study) if sweep.settings.confirm.top_k else None
     if confirmed and confirmed["winner"] is not None:  # the winner by mean over seeds, not the luckiest run
         best, test = study.get_trials(deepcopy=False)[confirmed["winner"]], confirmation.test_score(confirmed)
+    replay = sweep.runner.replay(best) if best is not None else []
     if best is not None:
         with results.writing(sweep.folder):
-            results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, sweep.runner.replay(best),
+            results.write_best(sweep.folder / "best.yaml", best, sweep.objectives, replay,
                                sweep.runner.compose(best.params), test, confirmed)
     for tracker in sweep.runner.on_told:
         if isinstance(tracker, tracking.MlflowLogger):
             tracker.log_sweep(sweep, best, test)
     progress.print_summary(study, sweep.storage.display, sweep.folder, sweep.objectives, best, test,
-                           sweep.runner.replay(best) if best else [], confirmed)
+                           replay, confirmed)
     failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL and budget.uses_slot(t)]
     if best is None and failed:  # a sweep whose every trial failed is a failed command, whatever n_trials
         raise UserError(f"no trial completed: {len(failed)} failed; the first (trial {failed[0].number}): "

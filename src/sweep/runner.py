@@ -15,7 +15,7 @@ from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .. import command
+from .. import TRAIN_CONFIG, command
 from ..errors import UserError
 from . import progress
 from .compose import Composer
@@ -23,6 +23,7 @@ from .hydra_internals import run_task
 from .optuna_internals import trials_read_once
 from .outcome import TrialOutcome, tell
 from .pruning import PruningHook, current_hook
+from .replay import replay_overrides
 from .space import SearchSpace
 from .study import best_test, best_trial, suggest
 
@@ -134,13 +135,25 @@ class Runner:
 
     def replay(self, trial: FrozenTrial) -> list[str]:
         """The command that replays a trial: `python -m src.train` (another app: the command that started the
-        sweep, without -m), the command line's --config-dir, if any, the trial's overrides (the sweep definition's
-        choice dropped) and, for a trial trained batched, the program it trained in (`trainer.program`), so that
-        the replay gives its numbers exactly."""
+        sweep, without -m, and its config name), the command line's --config-dir, if any, what the sweep
+        definition sets outside its params (`src.sweep.replay`), the trial's overrides (the definition's choice
+        dropped) and, for a trial trained batched, the program it trained in (`trainer.program`), so that the
+        replay gives its numbers exactly."""
         dirs = [f"--config-dir={os.path.relpath(s.path)}" for s in self.config.hydra.runtime.config_sources
                 if s.provider == "command-line" and s.schema == "file"]
         overrides = [o for o in self.space.overrides(trial.params) if not o.startswith("sweep=")]
-        return app_command(self.own) + dirs + overrides + program_of(trial)
+        name = TRAIN_CONFIG if self.own else self.config.hydra.job.config_name
+        if self.composer.loader is not None:
+            try:
+                overrides, different = replay_overrides(self.composer.loader, name,
+                                                        self.load(self.space.overrides(trial.params)), overrides)
+            except HydraException as e:
+                different = [f"({str(e).splitlines()[0]})"]
+            if different:
+                log.warning(f"note: the replay line of trial {trial.number} may not give its numbers: it cannot set "
+                            f"{', '.join(different)} as the trial had; its folder's .hydra/config.yaml has them all")
+        named = [] if self.own else [f"--config-name={name}"]
+        return app_command(self.own) + dirs + named + overrides + program_of(trial)
 
     def test_best(self, study: optuna.Study, test_overrides: list[str]) -> dict[str, Any] | None:
         """Replay the best trial once with `test_overrides` (e.g. trainer.test=true); the test set never chooses."""
