@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import error_lines, run_cli
 from src.data import load
 
 # 8 small trials of two structures (1 or 2 layers), batched 4 at a time, with pruning and confirmation (the
@@ -192,3 +192,11 @@ def test_what_a_sweep_definition_sets_outside_its_params_is_in_the_replay_line(t
     searched = json.loads((out / "trials" / str(best["trial"]) / "metrics.json").read_text())
     keys = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "param_count", "n_train", "program")
     assert {k: replayed[k] for k in keys} == {k: searched[k] for k in keys}
+
+    # the definition edited, then its study rerun: refused, as a changed fixed override is (trials would mix questions)
+    (tmp_path / "conf" / "sweep" / "mine.yaml").write_text(MINE.replace("layers: 1", "layers: 2"))
+    result = run_cli("sweep", "-m", f"--config-dir={tmp_path / 'conf'}", "sweep=mine", f"hydra.sweep.dir={out}",
+                     "hydra.sweeper.n_trials=3", expect=2)
+    assert error_lines(result) == ["error: study 'mine' ran with model.layers=1 from its sweep definition; this run has "
+                                   "no model.layers setting: rerun with the study's definition, or set "
+                                   "hydra.sweeper.study_name to start a new study"]

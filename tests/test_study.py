@@ -181,27 +181,38 @@ def described(space: dict) -> dict[str, str]:
     return {k: describe(d) for k, d in space.items()}
 
 
+DEFINED = ["data=fashion_mnist_10", "model.layers=2"]
+
+
 def test_changed_search_space_or_fixed_override_is_refused_with_both(tmp_path, capsys):
     study = new_study(sqlite_storage(tmp_path))
-    check_space(study, described(SPACE), ["data.n_train=600"])  # the first run records the question
+    check_space(study, described(SPACE), ["data.n_train=600"], DEFINED)  # the first run records the question
     assert give_back(study, frozen(study, ask(study, 3)), "interrupted by Ctrl-C")
-    check_space(study, described(SPACE), ["data.n_train=600"])  # the same question: fine
+    check_space(study, described(SPACE), ["data.n_train=600"], DEFINED)  # the same question: fine
     with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks int in \[1, 16\]: "
                                         r"set hydra.sweeper.study_name"):
-        check_space(study, described({**SPACE, "n": IntDistribution(1, 16)}), [])
+        check_space(study, described({**SPACE, "n": IntDistribution(1, 16)}), [], DEFINED)
     with pytest.raises(UserError, match=r"searched a as nothing \(not searched\); this run asks choice\(u, v\)"):
-        check_space(study, described({**SPACE, "a": CategoricalDistribution(["u", "v"])}), [])
+        check_space(study, described({**SPACE, "a": CategoricalDistribution(["u", "v"])}), [], DEFINED)
     with pytest.raises(UserError, match=r"searched n as int in \[1, 8\]; this run asks nothing"):
-        check_space(study, described({"x": SPACE["x"]}), [])
+        check_space(study, described({"x": SPACE["x"]}), [], DEFINED)
     with pytest.raises(UserError, match=r"^study 's' ran with data.n_train=600; this run has data.n_train=1200: rerun "
                                         r"with the study's fixed overrides \(data.n_train=600\), or set "
                                         r"hydra.sweeper.study_name to start a new study$"):
-        check_space(study, described(SPACE), ["data.n_train=1200"])  # trained on other data: not one question
+        check_space(study, described(SPACE), ["data.n_train=1200"], DEFINED)  # trained on other data: not one question
     with pytest.raises(UserError, match=r"ran with no model.dropout override; this run has \+model.dropout=0.2"):
-        check_space(study, described(SPACE), ["data.n_train=600", "+model.dropout=0.2"])
-    check_space(study, described(SPACE), ["data.n_train=600", "trainer.verbose=0"])  # how it shows, not its numbers
+        check_space(study, described(SPACE), ["data.n_train=600", "+model.dropout=0.2"], DEFINED)
+    check_space(study, described(SPACE), ["data.n_train=600", "trainer.verbose=0"], DEFINED)  # how it shows, not its numbers
     assert "ran with fixed overrides ['data.n_train=600']; this run has ['data.n_train=600', 'trainer.verbose=0']" \
         in capsys.readouterr().out
+    # what the sweep definition set outside its params: changed in the file, refused as a changed override is
+    with pytest.raises(UserError, match=r"^study 's' ran with model.layers=2 from its sweep definition; this run has "
+                                        r"model.layers=1: rerun with the study's definition, or set "
+                                        r"hydra.sweeper.study_name to start a new study$"):
+        check_space(study, described(SPACE), ["data.n_train=600"], ["data=fashion_mnist_10", "model.layers=1"])
+    with pytest.raises(UserError, match=r"ran with data=fashion_mnist_10 from its sweep definition; this run has no data"):
+        check_space(study, described(SPACE), ["data.n_train=600"], ["model.layers=2"])
+    check_space(study, described(SPACE), ["data.n_train=600"], [*DEFINED, "trainer.tensorboard=true"])  # shown only
 
 
 def test_a_trial_whose_params_cannot_be_drawn_is_given_back_not_left_running(tmp_path):

@@ -334,6 +334,9 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
                                      "(with optimizer=nadam)"),
     ("hydra.sweeper.storage=postgresql+psycopg2://me:hunter2pw@127.0.0.1:1/none",
      "hydra.sweeper.storage=postgresql+psycopg2://me:***@127.0.0.1:1/none"),
+    ("hydra.sweeper.custom_search_space=examples.custom_space.nope",
+     "hydra.sweeper.custom_search_space='examples.custom_space.nope' cannot be imported: module 'examples.custom_space' "
+     "has no attribute 'nope'"),
 ])
 def test_bad_settings_fail_before_any_trial(tmp_path, override, message):
     out = tmp_path / "bad"

@@ -4,13 +4,13 @@ does both, its local workers warming up in between; a launcher job prepares agai
 before it runs the worker loop."""
 from __future__ import annotations
 
+import pkgutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution
 
@@ -38,7 +38,8 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
     n_trials = min(settings.n_trials, grid_size(space)) if settings.sampler_name == "grid" else settings.n_trials
     runner = Runner(hydra_context, task_function, config, space, list(settings.objectives), folder,
                     masking(storage.url, settings.mlflow.tracking_uri),
-                    extend=get_method(settings.custom_search_space) if settings.custom_search_space else None,
+                    extend=user_function("hydra.sweeper.custom_search_space", settings.custom_search_space)
+                    if settings.custom_search_space else None,
                     keep_models=settings.confirm.top_k > 0)
     if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
@@ -54,6 +55,17 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
         runner.on_told.append(MlflowLogger(settings.mlflow, name, runner.mask))
     return Sweep(settings, space, name, storage, folder, n_trials, runner, task_config=task_config,
                  started=datetime.now())
+
+
+def user_function(setting: str, path: str) -> Callable[..., Any]:
+    """The function a setting names (`module.function`), or one line naming what cannot be imported."""
+    try:
+        function = pkgutil.resolve_name(path)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"{setting}={path!r} cannot be imported: {e}") from None
+    if not callable(function):
+        raise UserError(f"{setting}={path!r} is a {type(function).__name__}, not a function")
+    return function
 
 
 def fresh_name(runner: Runner, folder: Path) -> str:

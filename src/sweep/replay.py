@@ -1,9 +1,10 @@
-"""The replay line's overrides: those under which the training command composes a trial's config exactly.
+"""What a sweep definition sets for every trial, as overrides of the training command: the replay line spells it
+out, and a resumed study checks it did not change.
 
 A trial's config comes from the sweep's primary config, its sweep definition (`sweep=NAME`: what it sets outside
 `params:` applies to every trial, e.g. fashion10's `data=fashion_mnist_10` and `model.batch_norm: true`) and the
-trial's overrides. `python -m src.train` knows no sweep definition, so the line spells out what differs: config
-group choices first, then every other value, found by composing the line's config and comparing.
+trial's overrides. `python -m src.train` knows no sweep definition, so what differs is found by composing the
+training command's config and comparing: config group choices first, then every other value.
 """
 from __future__ import annotations
 
@@ -19,14 +20,13 @@ OUTPUT_ONLY = frozenset({"trainer.verbose", "trainer.test", "trainer.save_model"
 _BARE = re.compile(r"[A-Za-z_][\w./-]*|\$\{[^'\\]*\}")  # an override value Hydra reads as this string unquoted
 
 
-def replay_overrides(loader: Any, config_name: str, trial: DictConfig, overrides: list[str]) -> tuple[list[str], list[str]]:
-    """(overrides, still different): `overrides` preceded by what makes `config_name` compose `trial`'s config (a
-    job config: task keys and the hydra node's group choices); the keys a check found still different, if any."""
+def definition(loader: Any, config_name: str, trial: DictConfig, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(settings, still different): what makes `config_name` with `overrides` compose `trial`'s config (a job
+    config: task keys and the hydra node's group choices), as overrides; the keys a check finds still different."""
     groups = _group_changes(trial, _compose(loader, config_name, overrides))
     values = _value_changes(_task(trial), _task(_compose(loader, config_name, groups + overrides)))
-    line = groups + values + list(overrides)
-    left = _value_changes(_task(trial), _task(_compose(loader, config_name, line)))
-    return line, [change.split("=", 1)[0].lstrip("+~") for change in left]
+    left = _value_changes(_task(trial), _task(_compose(loader, config_name, groups + values + overrides)))
+    return groups + values, [change.split("=", 1)[0].lstrip("+~") for change in left]
 
 
 def _compose(loader: Any, config_name: str, overrides: list[str]) -> DictConfig:

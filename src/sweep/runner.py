@@ -23,7 +23,7 @@ from .hydra_internals import run_task
 from .optuna_internals import trials_read_once
 from .outcome import TrialOutcome, tell
 from .pruning import PruningHook, current_hook
-from .replay import replay_overrides
+from .replay import definition
 from .space import SearchSpace
 from .study import best_test, best_trial, suggest
 
@@ -142,18 +142,28 @@ class Runner:
         dirs = [f"--config-dir={os.path.relpath(s.path)}" for s in self.config.hydra.runtime.config_sources
                 if s.provider == "command-line" and s.schema == "file"]
         overrides = [o for o in self.space.overrides(trial.params) if not o.startswith("sweep=")]
-        name = TRAIN_CONFIG if self.own else self.config.hydra.job.config_name
-        if self.composer.loader is not None:
-            try:
-                overrides, different = replay_overrides(self.composer.loader, name,
-                                                        self.load(self.space.overrides(trial.params)), overrides)
-            except HydraException as e:
-                different = [f"({str(e).splitlines()[0]})"]
-            if different:
-                log.warning(f"note: the replay line of trial {trial.number} may not give its numbers: it cannot set "
-                            f"{', '.join(different)} as the trial had; its folder's .hydra/config.yaml has them all")
-        named = [] if self.own else [f"--config-name={name}"]
-        return app_command(self.own) + dirs + named + overrides + program_of(trial)
+        try:
+            defined, different = self.definition(self.space.overrides(trial.params))
+        except HydraException as e:
+            defined, different = [], [f"({str(e).splitlines()[0]})"]
+        if different:
+            log.warning(f"note: the replay line of trial {trial.number} may not give its numbers: it cannot set "
+                        f"{', '.join(different)} as the trial had; its folder's .hydra/config.yaml has them all")
+        named = [] if self.own else [f"--config-name={self.replay_config}"]
+        return app_command(self.own) + dirs + named + defined + overrides + program_of(trial)
+
+    @property
+    def replay_config(self) -> str:
+        """The primary config of the replay command: `src.train`'s, or the other app's own."""
+        return TRAIN_CONFIG if self.own else self.config.hydra.job.config_name
+
+    def definition(self, overrides: list[str]) -> tuple[list[str], list[str]]:
+        """What the sweep definition (and the sweep's primary config) sets beyond `overrides`, as overrides of the
+        replay command (`src.sweep.replay`); and what those cannot set. Nothing without Hydra's config loader."""
+        if self.composer.loader is None:
+            return [], []
+        return definition(self.composer.loader, self.replay_config, self.load(overrides),
+                          [o for o in overrides if not o.startswith("sweep=")])
 
     def test_best(self, study: optuna.Study, test_overrides: list[str]) -> dict[str, Any] | None:
         """Replay the best trial once with `test_overrides` (e.g. trainer.test=true); the test set never chooses."""

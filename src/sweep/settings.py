@@ -46,7 +46,7 @@ def search_space_params(search_space: Dict[str, Any]) -> Dict[str, str]:
     expressions with the same values: its int and float bounds include `high`, Hydra's `range` excludes its end."""
     params = {}
     for key, d in search_space.items():
-        d = dict(d or {})
+        d = dict(d) if isinstance(d, dict) else {}  # not a block (e.g. `model.units: 8`): refused below
         kind, low, high, step, log = str(d.get("type")).split(".")[-1], d.get("low"), d.get("high"), d.get("step"), d.get("log")
         if kind == "categorical" and d.get("choices"):
             params[key] = "choice(" + ", ".join(str(c) for c in d["choices"]) + ")"
@@ -60,7 +60,7 @@ def search_space_params(search_space: Dict[str, Any]) -> Dict[str, str]:
                 bounds = f"int({bounds})" if kind == "int" else bounds
                 params[key] = f"tag(log, {bounds})" if log else bounds
         else:
-            raise UserError(f"hydra.sweeper.search_space.{key}={d}: give type int or float with low and high, "
+            raise UserError(f"hydra.sweeper.search_space.{key}={search_space[key]}: give type int or float with low and high, "
                             f"or type categorical with choices")
     return params
 
@@ -211,7 +211,8 @@ class SweeperSettings:
                      "heartbeat_interval", "leaderboard_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"hydra.sweeper.{name}={value!r}: use an integer >= 1")
+                given = "n_jobs" if name == "n_workers" and self.n_jobs is not None else name  # HOS's name for it
+                raise UserError(f"hydra.sweeper.{given}={value!r}: use an integer >= 1")
         if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
             raise UserError(f"hydra.sweeper.grace_period={self.grace_period}: must be longer than "
                             f"heartbeat_interval={self.heartbeat_interval} (null: twice the interval)")

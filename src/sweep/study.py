@@ -48,10 +48,11 @@ def _by_key(overrides: list[str]) -> dict[str, str]:
     return {line.split("=", 1)[0].lstrip("+~"): line for line in overrides}
 
 
-def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str]) -> None:
+def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str], defined: list[str]) -> None:
     """Refuse a search space that differs from the study's (a searched key added, dropped or changed),
-    described as `describe` writes them, and changed fixed overrides (the data, the model or the training
-    differ) but for SHOWN_ONLY, which get a note. The first run records both."""
+    described as `describe` writes them, and changed fixed overrides or sweep definition settings (`defined`,
+    as overrides: the data, the model or the training differ) but for SHOWN_ONLY, which get a note. The first
+    run records them (a study made before `defined` was recorded takes this run's)."""
     stored = study.user_attrs.get("search_space")
     for key in sorted(set(stored or {}) | set(space)):
         old, new = (stored or {}).get(key), space.get(key)
@@ -70,9 +71,23 @@ def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str]) ->
                             f"({' '.join(before) or 'none'}), or set hydra.sweeper.study_name to start a new study")
         print(f"note: study {study.study_name!r} ran with fixed overrides {sorted(before)}; this run has "
               f"{sorted(fixed)}", flush=True)
+    _check_definition(study, defined)
     if "search_space" not in study.user_attrs:
         study.set_user_attr("search_space", space)
         study.set_user_attr("fixed", fixed)
+    if "defined" not in study.user_attrs:
+        study.set_user_attr("defined", defined)
+
+
+def _check_definition(study: optuna.Study, defined: list[str]) -> None:
+    """Refuse settings of the sweep definition (outside its params) that changed since the study's first run."""
+    old, new = _by_key(study.user_attrs.get("defined", defined)), _by_key(defined)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in SHOWN_ONLY)
+    if changed:
+        key = changed[0]
+        raise UserError(f"study {study.study_name!r} ran with {old.get(key) or f'no {key} setting'} from its sweep "
+                        f"definition; this run has {new.get(key) or f'no {key} setting'}: rerun with the study's "
+                        f"definition, or set hydra.sweeper.study_name to start a new study")
 
 
 def suggest(trial: optuna.Trial, distributions: dict[str, BaseDistribution]) -> dict[str, Any]:
