@@ -96,3 +96,16 @@ def test_search_space_is_read_as_params_with_the_same_values():
 def test_bad_settings(kwargs, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         SweeperSettings(**kwargs)
+
+
+def test_a_direction_that_looks_the_wrong_way_for_its_metric_gets_a_note():
+    """A hydra-optuna-sweeper file's `direction: minimize` meeting the default objective (val_accuracy) would make the
+    least accurate model the best: legal, so a note, not an error."""
+    from src.sweep.prepare import direction_notes
+
+    assert direction_notes(SweeperSettings(direction="minimize", objectives=["val_accuracy"])) == [
+        "hydra.sweeper.directions: minimize val_accuracy: the best trial has the lowest val_accuracy; to score another "
+        "metric, set hydra.sweeper.objectives (e.g. [val_loss] with direction minimize)"]
+    assert direction_notes(SweeperSettings(directions=["maximize", "minimize"], objectives=["val_accuracy", "val_loss"])) == []
+    assert len(direction_notes(SweeperSettings(directions=["maximize"], objectives=["val_loss"]))) == 1
+    assert direction_notes(SweeperSettings(direction="minimize", objectives=["value"])) == []  # another app's

@@ -43,7 +43,7 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
                     keep_models=settings.confirm.top_k > 0)
     if settings.pruner_name not in ("none", "NopPruner") and not settings.pruning:
         print("note: pruning is off: Optuna cannot prune multi-objective studies", flush=True)
-    for note in settings.notes:
+    for note in [*settings.notes, *direction_notes(settings)]:
         print(f"note: {note}", flush=True)
     task_config = _compose(runner, *samples(space)[0])
     if task_config.get("trainer", {}).get("tensorboard"):  # each trial's HParams session, once told
@@ -55,6 +55,18 @@ def prepare(settings: SweeperSettings, hydra_context: HydraContext, task_functio
         runner.on_told.append(MlflowLogger(settings.mlflow, name, runner.mask))
     return Sweep(settings, space, name, storage, folder, n_trials, runner, task_config=task_config,
                  started=datetime.now())
+
+
+def direction_notes(settings: SweeperSettings) -> list[str]:
+    """A direction that looks the wrong way for its metric (e.g. a hydra-optuna-sweeper file's `direction: minimize`
+    meeting this sweeper's default objective, val_accuracy): legal, but the best trial is then the worst model."""
+    notes = []
+    for metric, direction in zip(settings.objectives, settings.directions):
+        if ("acc" in metric and direction == "minimize") or ("loss" in metric and direction == "maximize"):
+            notes.append(f"hydra.sweeper.directions: {direction} {metric}: the best trial has the "
+                         f"{'lowest' if direction == 'minimize' else 'highest'} {metric}; to score another metric, "
+                         f"set hydra.sweeper.objectives (e.g. [val_loss] with direction minimize)")
+    return notes
 
 
 def user_function(setting: str, path: str) -> Callable[..., Any]:
