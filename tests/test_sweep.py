@@ -221,6 +221,7 @@ def test_ctrl_c_marks_the_running_trial_and_resume_completes(tmp_path, data_dir)
     assert proc.returncode == 130, stderr[-2000:]
     trials = table(out)
     assert trials["state"].tolist() == ["FAIL"] and trials["error"][0] == "interrupted by Ctrl-C"
+    assert pd.isna(trials["value"][0])  # no value, though it had reported an epoch (as the study has none)
     sweep(out, *args[5:])
     trials = table(out)
     assert trials["state"].tolist() == ["FAIL", "COMPLETE", "COMPLETE"]  # the interrupted one does not count

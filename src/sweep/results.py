@@ -33,8 +33,8 @@ def trials_table(trials: list[Any], metrics: list[str], pareto: set[int] | None 
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         values = t.values if t.values is not None else [None] * len(metrics)
         if len(metrics) == 1:
-            row["value"] = t.value if t.value is not None else (
-                t.intermediate_values[t.last_step] if t.last_step is not None else None)
+            row["value"] = t.value if t.value is not None else (  # a running trial: its latest epoch's; a failed one: none
+                t.intermediate_values[t.last_step] if t.state.name == "RUNNING" and t.last_step is not None else None)
         else:
             row.update({f"value_{m}": v for m, v in zip(metrics, values)})
             row["pareto"] = t.number in (pareto or set())
