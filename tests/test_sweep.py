@@ -335,6 +335,8 @@ def test_parallel_recycled_workers_lose_and_double_nothing(tmp_path, data_dir):
                                      "(with optimizer=nadam)"),
     ("hydra.sweeper.storage=postgresql+psycopg2://me:hunter2pw@127.0.0.1:1/none",
      "hydra.sweeper.storage=postgresql+psycopg2://me:***@127.0.0.1:1/none"),
+    ("hydra.sweeper.objectives=[val_acc]", "hydra.sweeper.objectives: 'val_acc' is not a metric the training returns; "
+                                           "allowed: val_accuracy, val_loss, best_val_accuracy"),
     ("hydra.sweeper.custom_search_space=examples.custom_space.nope",
      "hydra.sweeper.custom_search_space='examples.custom_space.nope' cannot be imported: module 'examples.custom_space' "
      "has no attribute 'nope'"),

@@ -18,6 +18,7 @@ from ..cli import composition_error
 from ..config import check as check_config
 from ..data import check_folder
 from ..errors import UserError
+from ..metrics import RUN_METRICS, SETUP
 from . import confirm, hparams
 from .context import Sweep
 from .runner import Runner
@@ -69,6 +70,20 @@ def direction_notes(settings: SweeperSettings) -> list[str]:
     return notes
 
 
+def check_objectives(objectives: list[str], cfg: DictConfig) -> None:
+    """Each objective must be a metric a trial returns (metrics.json's numbers, and `<m>` and `val_<m>` for each of
+    `trainer.metrics`; never the test set's); unknowable when a metric is a `_target_` block (its own name)."""
+    extra = list(cfg.trainer.metrics or [])
+    if not all(isinstance(m, str) for m in extra):
+        return
+    allowed = [m for m in RUN_METRICS if m not in SETUP and not m.startswith("test_")] + [
+        f"{p}{m}" for m in extra if m not in ("accuracy", "acc") for p in ("", "val_")]
+    for objective in objectives:
+        if objective not in allowed:
+            raise UserError(f"hydra.sweeper.objectives: {objective!r} is not a metric the training returns; allowed: "
+                            f"{', '.join(allowed)}")
+
+
 def user_function(setting: str, path: str) -> Callable[..., Any]:
     """The function a setting names (`module.function`), or one line naming what cannot be imported."""
     try:
@@ -116,6 +131,8 @@ def check(sweep: Sweep) -> None:
                 check_config(cfg)
                 if n == 0 and cfg.data.path is not None:  # the files, before a study is made for them
                     check_folder(cfg.data.path)
+                if n == 0:
+                    check_objectives(sweep.settings.objectives, cfg)
             if sweep.settings.confirm.top_k > 0:
                 confirm.check(cfg)
         except UserError as e:
