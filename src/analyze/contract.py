@@ -80,6 +80,7 @@ def params_summary(trials: pd.DataFrame, params: list[str], value: str, bins: in
                                                    mean=(value, "mean"), max=(value, "max")).reset_index(drop=True)
         label = (lambda r: f"{r.low:.4g}" if r.low == r.high else f"{r.low:.4g} to {r.high:.4g}") if numeric \
             else (lambda r: str(r.low))
+        grouped["mean"] = grouped["mean"].round(6)  # as the scores it averages: more digits are noise
         grouped.insert(0, "value", grouped.apply(label, axis=1))
         grouped.insert(0, "param", p)
         parts.append(grouped.drop(columns=["low", "high"]))
