@@ -234,3 +234,11 @@ def test_report_images_carry_alt_text_and_fit_the_page(quick_sweep, tmp_path):
     assert "img{max-width:100%" in page and "white-space:pre-wrap" in page and "<code>" in page
     width = mpimg.imread(folder / "parameters.png").shape[1]
     assert width <= 1100  # two panels a row: shown near full size in the 1000-pixel page
+
+
+def test_leaderboard_gaps_are_differences_of_six_digit_scores_without_float_noise():
+    from src.analyze.tables import flag_gaps
+
+    board = flag_gaps(pd.DataFrame({"value": [0.975278, 0.973611, 0.973611]}), "value", sigma=0.001)
+    assert board["gap_to_next"].tolist()[:2] == [0.001667, 0.0]  # 0.0016669999999999 before
+    assert board["within_noise"].tolist()[:2] == [False, True] and pd.isna(board["gap_to_next"].iloc[2])

@@ -43,7 +43,7 @@ def noise(record: SweepRecord) -> float | None:
 
 def flag_gaps(board: pd.DataFrame, value: str, sigma: float) -> pd.DataFrame:
     """The leaderboard with each trial's gap to the next and whether that gap is within one run's seed noise."""
-    gap = (board[value] - board[value].shift(-1)).abs()
+    gap = (board[value] - board[value].shift(-1)).abs().round(6)  # of 6-digit scores: the rest is float noise
     return board.assign(gap_to_next=gap, within_noise=(gap < sigma).where(gap.notna()))
 
 
