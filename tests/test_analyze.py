@@ -208,6 +208,7 @@ def test_report_of_a_sweep_where_every_trial_failed(tmp_path):
     assert "Traceback" not in result.stderr
     md = (folder / "report.md").read_text()
     assert "No trial completed." in md and "diverged: the loss became NaN" in md and "boom" in md
+    assert "failed: top 5 trials\n(no complete trial)" in result.stdout and "Empty DataFrame" not in result.stdout
 
 
 def test_report_escapes_what_it_embeds(tmp_path):

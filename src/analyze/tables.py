@@ -107,6 +107,8 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def render(title: str, table: pd.DataFrame, fmt: str) -> str:
+    if table.empty and fmt != "csv":  # e.g. a sweep whose every trial failed: no leaderboard, no effects
+        return f"{'## ' if fmt == 'markdown' else ''}{title}\n(no complete trial)\n"
     if fmt == "csv":
         return f"# {title}\n{table.to_csv(index=False)}"
     if fmt == "markdown":
