@@ -148,12 +148,17 @@ def test_threshold_pruner_prunes_early(tmp_path, data_dir):
 def test_multi_objective_marks_the_pareto_front(tmp_path, data_dir):
     out = tmp_path / "pareto"
     sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(4,64))", "hydra.sweeper.n_trials=4",
-          "hydra.sweeper.objectives=[val_accuracy,param_count]", "hydra.sweeper.directions=[maximize,minimize]")
+          "hydra.sweeper.objectives=[val_accuracy,param_count]", "hydra.sweeper.directions=[maximize,minimize]",
+          "hydra.sweeper.confirm.top_k=4", "hydra.sweeper.confirm.seeds=1")
     trials = table(out)
     assert {"value_val_accuracy", "value_param_count", "pareto"} <= set(trials.columns)
     assert (trials["value_param_count"] == trials["param_count"]).all() and trials["pareto"].any()
     board = table(out, "leaderboard")
     assert set(board["number"]) == set(trials.loc[trials["pareto"], "number"])
+    # confirmation retrains the front only (top_k 4 of 4 trials): a dominated trial never wins
+    confirmed = table(out, "confirm")
+    assert set(confirmed["config"]) == set(board["number"])
+    assert yaml.safe_load((out / "best.yaml").read_text())["trial"] in set(board["number"])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -52,8 +52,9 @@ class Run:
 
 
 def top(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The k best complete search trials by the first objective (ties: the earlier trial)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """The k best complete search trials by the first objective (ties: the earlier trial); on a multi-objective
+    study, among the Pareto front (as `best_trial`): a dominated trial never wins."""
+    done = study.best_trials if len(study.directions) > 1 else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return sorted(done, key=lambda t: (-sign(study) * t.values[0], t.number))[:k]
 
 
