@@ -147,9 +147,11 @@ def test_threshold_pruner_prunes_early(tmp_path, data_dir):
 
 def test_multi_objective_marks_the_pareto_front(tmp_path, data_dir):
     out = tmp_path / "pareto"
-    sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(4,64))", "hydra.sweeper.n_trials=4",
-          "hydra.sweeper.objectives=[val_accuracy,param_count]", "hydra.sweeper.directions=[maximize,minimize]",
-          "hydra.sweeper.confirm.top_k=4", "hydra.sweeper.confirm.seeds=1")
+    result = sweep(out, *TINY, "trainer.epochs=1", "model.units=int(interval(4,64))", "hydra.sweeper.n_trials=4",
+                   "hydra.sweeper.objectives=[val_accuracy,param_count]", "hydra.sweeper.directions=[maximize,minimize]",
+                   "hydra.sweeper.confirm.top_k=4", "hydra.sweeper.confirm.seeds=1", "hydra.sweeper.pruner=median")
+    assert "note: pruning is off: Optuna cannot prune multi-objective studies" in result.stdout
+    assert ", pruner none, " in result.stdout  # the header says so too
     trials = table(out)
     assert {"value_val_accuracy", "value_param_count", "pareto"} <= set(trials.columns)
     assert (trials["value_param_count"] == trials["param_count"]).all() and trials["pareto"].any()

@@ -19,8 +19,9 @@ def print_start(name: str, budget: int, settings: Any, n_workers: int, folder: A
     trials = f"{budget} trials"
     if budget < settings.n_trials:  # a grid with fewer points than asked
         trials += f" (the whole grid; hydra.sweeper.n_trials={settings.n_trials} asks more)"
-    print(f"sweep {name!r}: {trials}, sampler {settings.sampler_name}, pruner {settings.pruner_name}, "
-          f"{workers}; study in {storage}; results in {folder}", flush=True)
+    pruner = settings.pruner_name if settings.pruning else "none"  # a multi-objective study prunes nothing
+    print(f"sweep {name!r}: {trials}, sampler {settings.sampler_name}, pruner {pruner}, {workers}; study in {storage}; "
+          f"results in {folder}", flush=True)
 
 
 def live_line(number: int, metric: str) -> Callable[[int, int | None, dict[str, float]], None]:
