@@ -13,6 +13,8 @@ def test_hos_keys_map_onto_ours():
     s = SweeperSettings(direction="minimize", n_jobs=3, sampler={"_target_": "optuna.samplers.BruteForceSampler"},
                         pruner={"_target_": "optuna.pruners.MedianPruner"})
     assert s.directions == ["minimize"] and s.n_workers == 3
+    assert s.notes == ["hydra.sweeper.n_jobs=3: worker processes of this command, each claiming trials as it finishes "
+                       "(hydra-optuna-sweeper: trials per batch of its launcher)"]
     assert s.sampler_name == "BruteForceSampler" and s.pruner_name == "MedianPruner" and s.pruning
     assert SweeperSettings(direction=["maximize", "minimize"], objectives=["a", "b"]).directions == ["maximize", "minimize"]
     assert not SweeperSettings(pruner={"_target_": "optuna.pruners.NopPruner"}).pruning

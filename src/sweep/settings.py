@@ -162,6 +162,8 @@ class SweeperSettings:
             self.objectives = ["value"] if n == 1 else [f"v{i}" for i in range(n)]
         if self.n_jobs is not None:
             self.n_workers = self.n_jobs
+            self.notes.append(f"hydra.sweeper.n_jobs={self.n_jobs}: worker processes of this command, each claiming "
+                              f"trials as it finishes (hydra-optuna-sweeper: trials per batch of its launcher)")
         if self.sampler in (MISSING, None):
             self.sampler = "tpe"
         if isinstance(self.sampler, str) and self.sampler in SAMPLER_OPTIONS:
