@@ -39,6 +39,7 @@ def test_top_k_confirmed_winner_by_mean_tested_alone(tmp_path, data_dir):
     winner = max(means.index, key=lambda c: (round(means[c], 6), -c))
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["trial"] == best["confirmed"]["winner"] == winner
+    assert list(best["confirmed"]["configs"])[0] == winner  # best mean first, as the summary lists them
     assert best["confirmed"]["configs"][winner]["mean"] == statistics.fmean(
         rows[(rows["run"] != "test") & (rows["config"] == winner)]["val_accuracy"])
     assert sorted(test["seed"]) == [0, 1, 2] and (test["config"] == winner).all()  # the winner only, once per seed

@@ -59,8 +59,9 @@ def top(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 
 def summary(search: optuna.Study, confirm: optuna.Study | None, test: optuna.Study | None, metric: str) -> dict[str, Any]:
-    """Per confirmed configuration: its values over seeds (the search run first), mean and std; the winner by
-    mean; the winner's test accuracies; and whether the single-run ranking held (the winner was the best run)."""
+    """Per confirmed configuration, best mean first: its values over seeds (the search run first), mean and std;
+    the winner by mean; the winner's test accuracies; and whether the single-run ranking held (the winner was the
+    best run)."""
     better = sign(search)
     values: dict[int, list[float]] = {}
     for t in (confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if confirm else []):
@@ -68,6 +69,7 @@ def summary(search: optuna.Study, confirm: optuna.Study | None, test: optuna.Stu
         values.setdefault(config, [_trial(search, config).values[0]]).append(t.values[0])
     configs = {n: {"values": v, "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
                for n, v in values.items()}
+    configs = dict(sorted(configs.items(), key=lambda c: (-better * c[1]["mean"], c[0])))  # best mean first
     out: dict[str, Any] = {"metric": metric, "configs": configs, "winner": None, "test": None, "held": None}
     if not configs:
         return out
