@@ -14,6 +14,8 @@ from typing import Any
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from .space import format_value
+
 # What a sweep sets for its trials that changes what a run prints, tests or saves, not its scores (sweep.yaml,
 # the runner's model saving): the replay keeps the training command's own (progress bars, the test set).
 OUTPUT_ONLY = frozenset({"trainer.verbose", "trainer.test", "trainer.save_model"})
@@ -67,17 +69,14 @@ def _value_changes(want: dict[str, Any], have: dict[str, Any], prefix: str = "")
 
 def override_value(value: Any) -> str:
     """A config value as Hydra override text: `null`, `true`, `0.001`, `relu`, `[0,1]`, `{a:1}`, `'a b'`."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
     if isinstance(value, list):
         return "[" + ",".join(map(override_value, value)) + "]"
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    if _BARE.fullmatch(text) and text.lower() not in ("null", "true", "false", "nan", "inf"):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if not isinstance(value, str):
+        return format_value(value)  # null, true, a number
+    if _BARE.fullmatch(value) and value.lower() not in ("null", "true", "false", "nan", "inf"):
+        return value
+    # Hydra's quoted strings: a quote is escaped, and so are the backslashes before a quote or at the end
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
