@@ -213,6 +213,10 @@ def test_changed_search_space_or_fixed_override_is_refused_with_both(tmp_path, c
     with pytest.raises(UserError, match=r"ran with data=fashion_mnist_10 from its sweep definition; this run has no data"):
         check_space(study, described(SPACE), ["data.n_train=600"], ["model.layers=2"])
     check_space(study, described(SPACE), ["data.n_train=600"], [*DEFINED, "trainer.tensorboard=true"])  # shown only
+    check_space(study, described(SPACE), ["data.n_train=600"], [*DEFINED, "n=64"])  # searched: every trial sets n
+    fresh = new_study(sqlite_storage(tmp_path), name="t")
+    check_space(fresh, described(SPACE), [], [*DEFINED, "n=64"])  # recorded with a searched key
+    check_space(fresh, described(SPACE), [], [*DEFINED, "n=128"])  # changed: no trial ever had it
 
 
 def test_a_trial_whose_params_cannot_be_drawn_is_given_back_not_left_running(tmp_path):

@@ -71,7 +71,7 @@ def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str], de
                             f"({' '.join(before) or 'none'}), or set hydra.sweeper.study_name to start a new study")
         print(f"note: study {study.study_name!r} ran with fixed overrides {sorted(before)}; this run has "
               f"{sorted(fixed)}", flush=True)
-    _check_definition(study, defined)
+    _check_definition(study, defined, set(space))
     if "search_space" not in study.user_attrs:
         study.set_user_attr("search_space", space)
         study.set_user_attr("fixed", fixed)
@@ -79,10 +79,11 @@ def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str], de
         study.set_user_attr("defined", defined)
 
 
-def _check_definition(study: optuna.Study, defined: list[str]) -> None:
-    """Refuse settings of the sweep definition (outside its params) that changed since the study's first run."""
+def _check_definition(study: optuna.Study, defined: list[str], searched: set[str]) -> None:
+    """Refuse settings of the sweep definition (outside its params) that changed since the study's first run, but
+    for searched keys (every trial sets its own) and SHOWN_ONLY."""
     old, new = _by_key(study.user_attrs.get("defined", defined)), _by_key(defined)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in SHOWN_ONLY)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in SHOWN_ONLY | searched)
     if changed:
         key = changed[0]
         raise UserError(f"study {study.study_name!r} ran with {old.get(key) or f'no {key} setting'} from its sweep "
