@@ -96,7 +96,7 @@ def join(sweep: Sweep, local: bool = True) -> int:
     _check_folder(sweep)
     study = sweep.open(create=True)
     check_space(study, {k: describe(d) for k, d in sweep.space.distributions.items()}, sweep.space.fixed,
-                sweep.runner.definition(sweep.space.fixed)[0])
+                sweep.runner.sweep_definition())
     trials = study.get_trials(deepcopy=False)
     with results.writing(folder):
         results.write_study_info(folder / "study.yaml", sweep.name, sweep.storage.display, settings, sweep.space,

@@ -27,8 +27,13 @@ def definition(loader: Any, config_name: str, trial: DictConfig, overrides: list
     config: task keys and the hydra node's group choices), as overrides; the keys a check finds still different."""
     groups = _group_changes(trial, _compose(loader, config_name, overrides))
     values = _value_changes(_task(trial), _task(_compose(loader, config_name, groups + overrides)))
-    left = _value_changes(_task(trial), _task(_compose(loader, config_name, groups + values + overrides)))
-    return groups + values, [change.split("=", 1)[0].lstrip("+~") for change in left]
+    return groups + values, differences(loader, config_name, trial, groups + values + overrides)
+
+
+def differences(loader: Any, config_name: str, trial: DictConfig, line: list[str]) -> list[str]:
+    """The keys whose values `config_name` composed with `line` does not give as `trial` had them."""
+    return [change.split("=", 1)[0].lstrip("+~") for change in
+            _value_changes(_task(trial), _task(_compose(loader, config_name, line)))]
 
 
 def _compose(loader: Any, config_name: str, overrides: list[str]) -> DictConfig:

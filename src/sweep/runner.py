@@ -23,7 +23,7 @@ from .hydra_internals import run_task
 from .optuna_internals import trials_read_once
 from .outcome import TrialOutcome, tell
 from .pruning import PruningHook, current_hook
-from .replay import definition
+from .replay import definition, differences
 from .space import SearchSpace
 from .study import best_test, best_trial, suggest
 
@@ -46,6 +46,7 @@ class Runner:
         self.live = False  # a live line per epoch (one worker writing to a terminal)
         self.stopping = threading.Event()  # set in a launcher job when its command asks its workers to stop
         self.on_told: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = []  # trackers: MLflow, HParams
+        self.defined: list[str] | None = None  # the sweep definition's settings, once `sweep_definition` found them
 
     def run_trial(self, study: optuna.Study, trial: optuna.Trial, pruning: bool) -> None:
         """Draw the trial's params, train it as its own Hydra job, tell the study (Ctrl-C passes through: the
@@ -142,8 +143,14 @@ class Runner:
         dirs = [f"--config-dir={os.path.relpath(s.path)}" for s in self.config.hydra.runtime.config_sources
                 if s.provider == "command-line" and s.schema == "file"]
         overrides = [o for o in self.space.overrides(trial.params) if not o.startswith("sweep=")]
-        try:
-            defined, different = self.definition(self.space.overrides(trial.params))
+        try:  # the sweep's settings (found once by its command; a searched key's left to the trial), checked against
+            different = None  # this trial's config with one composition; else found for this trial
+            defined = [o for o in self.defined or [] if o.split("=", 1)[0].lstrip("+~") not in trial.params]
+            if self.defined is not None and self.composer.loader is not None:
+                different = differences(self.composer.loader, self.replay_config,
+                                        self.load(self.space.overrides(trial.params)), defined + overrides)
+            if self.defined is None or different:
+                defined, different = self.definition(self.space.overrides(trial.params))
         except HydraException as e:
             defined, different = [], [f"({str(e).splitlines()[0]})"]
         if different:
@@ -156,6 +163,12 @@ class Runner:
     def replay_config(self) -> str:
         """The primary config of the replay command: `src.train`'s, or the other app's own."""
         return TRAIN_CONFIG if self.own else self.config.hydra.job.config_name
+
+    def sweep_definition(self) -> list[str]:
+        """What the sweep definition sets for every trial (`definition` of the fixed overrides), kept for the replay
+        lines: a replay then checks it with one composition instead of finding it with three."""
+        self.defined = self.definition(self.space.fixed)[0]
+        return self.defined
 
     def definition(self, overrides: list[str]) -> tuple[list[str], list[str]]:
         """What the sweep definition (and the sweep's primary config) sets beyond `overrides`, as overrides of the
