@@ -217,6 +217,7 @@ def test_changed_search_space_or_fixed_override_is_refused_with_both(tmp_path, c
     fresh = new_study(sqlite_storage(tmp_path), name="t")
     check_space(fresh, described(SPACE), [], [*DEFINED, "n=64"])  # recorded with a searched key
     check_space(fresh, described(SPACE), [], [*DEFINED, "n=128"])  # changed: no trial ever had it
+    check_space(fresh, described(SPACE), [], None)  # the training command could not compose it: not checked
 
 
 def test_a_trial_whose_params_cannot_be_drawn_is_given_back_not_left_running(tmp_path):

@@ -164,10 +164,14 @@ class Runner:
         """The primary config of the replay command: `src.train`'s, or the other app's own."""
         return TRAIN_CONFIG if self.own else self.config.hydra.job.config_name
 
-    def sweep_definition(self) -> list[str]:
+    def sweep_definition(self) -> list[str] | None:
         """What the sweep definition sets for every trial (`definition` of the fixed overrides), kept for the replay
-        lines: a replay then checks it with one composition instead of finding it with three."""
-        self.defined = self.definition(self.space.fixed)[0]
+        lines: a replay then checks it with one composition instead of finding it with three. None when the training
+        command cannot compose it (each replay line then finds its own, with its note)."""
+        try:
+            self.defined = self.definition(self.space.fixed)[0]
+        except HydraException:
+            return None
         return self.defined
 
     def definition(self, overrides: list[str]) -> tuple[list[str], list[str]]:

@@ -48,11 +48,11 @@ def _by_key(overrides: list[str]) -> dict[str, str]:
     return {line.split("=", 1)[0].lstrip("+~"): line for line in overrides}
 
 
-def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str], defined: list[str]) -> None:
+def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str], defined: list[str] | None) -> None:
     """Refuse a search space that differs from the study's (a searched key added, dropped or changed),
     described as `describe` writes them, and changed fixed overrides or sweep definition settings (`defined`,
-    as overrides: the data, the model or the training differ) but for SHOWN_ONLY, which get a note. The first
-    run records them (a study made before `defined` was recorded takes this run's)."""
+    as overrides; None: unknown, not checked): the data, the model or the training differ; but for SHOWN_ONLY,
+    which get a note. The first run records them (a study made before `defined` was recorded takes this run's)."""
     stored = study.user_attrs.get("search_space")
     for key in sorted(set(stored or {}) | set(space)):
         old, new = (stored or {}).get(key), space.get(key)
@@ -71,11 +71,12 @@ def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str], de
                             f"({' '.join(before) or 'none'}), or set hydra.sweeper.study_name to start a new study")
         print(f"note: study {study.study_name!r} ran with fixed overrides {sorted(before)}; this run has "
               f"{sorted(fixed)}", flush=True)
-    _check_definition(study, defined, set(space))
+    if defined is not None:
+        _check_definition(study, defined, set(space))
     if "search_space" not in study.user_attrs:
         study.set_user_attr("search_space", space)
         study.set_user_attr("fixed", fixed)
-    if "defined" not in study.user_attrs:
+    if "defined" not in study.user_attrs and defined is not None:
         study.set_user_attr("defined", defined)
 
 
