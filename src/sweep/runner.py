@@ -143,14 +143,8 @@ class Runner:
         dirs = [f"--config-dir={os.path.relpath(s.path)}" for s in self.config.hydra.runtime.config_sources
                 if s.provider == "command-line" and s.schema == "file"]
         overrides = [o for o in self.space.overrides(trial.params) if not o.startswith("sweep=")]
-        try:  # the sweep's settings (found once by its command; a searched key's left to the trial), checked against
-            different = None  # this trial's config with one composition; else found for this trial
-            defined = [o for o in self.defined or [] if o.split("=", 1)[0].lstrip("+~") not in trial.params]
-            if self.defined is not None and self.composer.loader is not None:
-                different = differences(self.composer.loader, self.replay_config,
-                                        self.load(self.space.overrides(trial.params)), defined + overrides)
-            if self.defined is None or different:
-                defined, different = self.definition(self.space.overrides(trial.params))
+        try:
+            defined, different = self._settings_for(trial)
         except HydraException as e:
             defined, different = [], [f"({str(e).splitlines()[0]})"]
         if different:
@@ -158,6 +152,18 @@ class Runner:
                         f"{', '.join(different)} as the trial had; its folder's .hydra/config.yaml has them all")
         named = [] if self.own else [f"--config-name={self.replay_config}"]
         return app_command(self.own) + dirs + named + defined + overrides + program_of(trial)
+
+    def _settings_for(self, trial: FrozenTrial) -> tuple[list[str], list[str]]:
+        """The sweep definition's settings on a trial's replay line, and what they cannot set: the sweep's (found
+        once by its command) but for the keys the trial's params set, when one composition confirms them; else the
+        trial's own (three compositions)."""
+        searched = self.space.overrides(trial.params)
+        if self.defined is not None and self.composer.loader is not None:
+            defined = [o for o in self.defined if o.split("=", 1)[0].lstrip("+~") not in trial.params]
+            line = defined + [o for o in searched if not o.startswith("sweep=")]
+            if not differences(self.composer.loader, self.replay_config, self.load(searched), line):
+                return defined, []
+        return self.definition(searched)
 
     @property
     def replay_config(self) -> str:
