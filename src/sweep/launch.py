@@ -49,6 +49,7 @@ from .prepare import prepare
 from .processes import COMMAND_STOPPED, Exit, Stopped, raise_on_signals, restore_signals, stop_received
 from .recovery import give_back
 from .settings import SweeperSettings
+from .space import override_key
 from .storage import Storage, url_secrets
 from .study import best_test, best_trial
 from .worker import work
@@ -349,7 +350,7 @@ def safe_config(config: DictConfig, names: dict[str, str], mask: Any, job_name: 
             cfg.hydra.sweeper.mlflow.tracking_uri = f"${{oc.env:{names['mlflow.tracking_uri']}}}"
         overrides = []
         for line in cfg.hydra.overrides.hydra:
-            key = line.split("=", 1)[0].lstrip("+~")
+            key = override_key(line)
             env = next((v for k, v in names.items() if key == f"hydra.sweeper.{k}"), None)
             overrides.append(f"{key}=${{oc.env:{env}}}" if env else mask(line))
         cfg.hydra.overrides.hydra = overrides

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .space import format_value
+from .space import format_value, override_key
 
 # What a sweep sets for its trials that changes what a run prints, tests or saves, not its scores (sweep.yaml,
 # the runner's model saving): the replay keeps the training command's own (progress bars, the test set).
@@ -32,8 +32,7 @@ def definition(loader: Any, config_name: str, trial: DictConfig, overrides: list
 
 def differences(loader: Any, config_name: str, trial: DictConfig, line: list[str]) -> list[str]:
     """The keys whose values `config_name` composed with `line` does not give as `trial` had them."""
-    return [change.split("=", 1)[0].lstrip("+~") for change in
-            _value_changes(_task(trial), _task(_compose(loader, config_name, line)))]
+    return [override_key(change) for change in _value_changes(_task(trial), _task(_compose(loader, config_name, line)))]
 
 
 def _compose(loader: Any, config_name: str, overrides: list[str]) -> DictConfig:

@@ -24,7 +24,7 @@ from .optuna_internals import trials_read_once
 from .outcome import TrialOutcome, tell
 from .pruning import PruningHook, current_hook
 from .replay import definition, differences
-from .space import SearchSpace
+from .space import SearchSpace, override_key
 from .study import best_test, best_trial, suggest
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Runner:
         trial's own (three compositions)."""
         searched = self.space.overrides(trial.params)
         if self.defined is not None and self.composer.loader is not None:
-            defined = [o for o in self.defined if o.split("=", 1)[0].lstrip("+~") not in trial.params]
+            defined = [o for o in self.defined if override_key(o) not in trial.params]
             line = defined + [o for o in searched if not o.startswith("sweep=")]
             if not differences(self.composer.loader, self.replay_config, self.load(searched), line):
                 return defined, []

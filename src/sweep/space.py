@@ -117,6 +117,11 @@ def describe(dist: Any) -> str:
     return f"{kind} in [{dist.low}, {dist.high}]" + (", log" if dist.log else "") + step
 
 
+def override_key(line: str) -> str:
+    """The key an override line sets: `model.units` of `+model.units=8`, `~model.units` or `model.units=8`."""
+    return line.split("=", 1)[0].lstrip("+~")
+
+
 def format_value(value: Any) -> str:
     """A Python value as Hydra override text: `null`, `true`, `0.001`, `relu`, `[16,32]`."""
     if value is None:

@@ -12,6 +12,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError, first_line
+from .space import override_key
 from .storage import retrying
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
@@ -45,7 +46,7 @@ SHOWN_ONLY = {"trainer.verbose", "trainer.tensorboard", "trainer.save_model"}
 
 
 def _by_key(overrides: list[str]) -> dict[str, str]:
-    return {line.split("=", 1)[0].lstrip("+~"): line for line in overrides}
+    return {override_key(line): line for line in overrides}
 
 
 def check_space(study: optuna.Study, space: dict[str, str], fixed: list[str], defined: list[str] | None) -> None:
